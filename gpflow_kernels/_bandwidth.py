@@ -1,0 +1,82 @@
+"""Bandwidth resolution: a float, a tensor of several bandwidths (kernels summed), or "median"."""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+from . import _checks
+
+Tensor = torch.Tensor
+
+#: The median heuristic looks at no more than this many points per batch element, so that
+#: it costs O(MEDIAN_POINTS²) memory whatever N and M are.
+MEDIAN_POINTS = 1024
+
+
+def median_distance(z: Tensor) -> Tensor:
+    """Median of the pairwise distances |z_i − z_j|, i < j, per batch element.
+
+    z: (B, N, D) -> (B,). Above ``MEDIAN_POINTS`` points a fixed random subset (seed 0) is
+    used, so the heuristic is deterministic and bounded in memory.
+    """
+    B, N, _ = z.shape
+    if N > MEDIAN_POINTS:
+        g = torch.Generator().manual_seed(0)
+        idx = torch.randperm(N, generator=g)[:MEDIAN_POINTS].to(z.device)
+        z = z[:, idx]
+        N = MEDIAN_POINTS
+    iu = torch.triu_indices(N, N, offset=1, device=z.device)
+    d = torch.cdist(z, z)[:, iu[0], iu[1]]
+    return d.median(dim=-1).values
+
+
+def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="bandwidth") -> Tensor:
+    """Bandwidths σ as squared values s2: (B or 1, K) in ``dtype``.
+
+    ``pools``: point sets (B, ·, D) whose union feeds the median heuristic. ``scale``, if given,
+    maps the median distance to σ (SVGD's rule divides by sqrt(2 log(N + 1))).
+    """
+    if isinstance(bandwidth, str):
+        if bandwidth != "median":
+            raise ValueError(f'{name} must be a positive number, a tensor of them, or "median", got {bandwidth!r}')
+        with torch.no_grad():
+            z = torch.cat([p.detach().to(torch.float64 if dtype == torch.float64 else torch.float32) for p in pools], 1)
+            sigma = median_distance(z)
+            if scale is not None:
+                sigma = sigma * scale
+        if not bool((sigma > 0).all()):
+            raise ValueError(
+                f'{name}="median" gave 0: more than half of the pairwise distances are 0 '
+                "(repeated points); pass an explicit bandwidth"
+            )
+        return (sigma * sigma).to(dtype).view(-1, 1)
+    if isinstance(bandwidth, torch.Tensor):
+        if bandwidth.requires_grad:
+            raise TypeError(f"{name} requires grad, but gradients with respect to the bandwidth are not supported; detach it")
+        if bandwidth.dtype.is_complex or bandwidth.dtype == torch.bool:
+            raise TypeError(f"{name} must be a real tensor, got dtype {bandwidth.dtype}")
+        if bandwidth.dim() > 1 or bandwidth.numel() == 0:
+            raise ValueError(
+                f"{name} must be a scalar or a 1-d tensor of K >= 1 bandwidths, got shape {tuple(bandwidth.shape)}"
+            )
+        sig = bandwidth.detach().to(device=device, dtype=torch.float64).reshape(1, -1)
+        if not bool((torch.isfinite(sig) & (sig > 0)).all()):
+            raise ValueError(f"{name} must hold finite values > 0, got {bandwidth.tolist()}")
+        return (sig * sig).to(dtype)
+    sigma = _checks.positive_number(name, bandwidth)
+    return torch.full((1, 1), sigma * sigma, dtype=dtype, device=device)
+
+
+def single(bandwidth: Union[float, Tensor, str], name: str = "bandwidth"):
+    """Reject several bandwidths where one convolution is meant (KDE)."""
+    if isinstance(bandwidth, torch.Tensor) and bandwidth.numel() != 1:
+        raise ValueError(f"{name} must be a single bandwidth here, got shape {tuple(bandwidth.shape)}")
+    return bandwidth
+
+
+def svgd_scale(n: int) -> float:
+    """Liu & Wang (2016): h = med² / log n with k = exp(−r²/h), i.e. σ = med / sqrt(2 log(n + 1))."""
+    return 1.0 / math.sqrt(2.0 * math.log(n + 1.0))

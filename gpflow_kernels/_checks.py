@@ -1,0 +1,102 @@
+"""Input checking for the public ops: the one place that validates, before any work.
+
+Each check raises ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong shape,
+device or value) with the user's argument name and what was expected, so that bad input
+never reaches a kernel as a silent broadcast or a NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+Tensor = torch.Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+BACKENDS = ("auto", "torch", "triton", "cuda")
+
+
+def describe(t: Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def tensor(name: str, t) -> Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a floating tensor (float16, bfloat16, float32 or float64), got {describe(t)}"
+        )
+    return t
+
+
+def finite(name: str, t: Tensor) -> None:
+    # O(N) next to the O(N·M) reductions; it turns a NaN result into a named error.
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
+
+
+def points(name: str, t) -> Tensor:
+    t = tensor(name, t)
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., N, D) with at least 2 dims, got {describe(t)}")
+    if t.shape[-2] == 0 or t.shape[-1] == 0:
+        raise ValueError(f"{name} is empty: expected at least one point of dimension >= 1, got {describe(t)}")
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (a batch dim is 0), got {describe(t)}")
+    finite(name, t)
+    return t
+
+
+def same_kind(named: Sequence[Tuple[str, Tensor]]) -> None:
+    """All tensors share dtype and device with the first."""
+    (n0, t0) = named[0]
+    for n, t in named[1:]:
+        if t.device != t0.device:
+            raise ValueError(f"{n} is on device {t.device} but {n0} is on device {t0.device}; move them to one device")
+        if t.dtype != t0.dtype:
+            raise TypeError(f"{n} has dtype {t.dtype} but {n0} has dtype {t0.dtype}; cast them to one dtype")
+
+
+def point_pair(xn: str, x, yn: str, y) -> Tuple[Tensor, Tensor]:
+    """x: (..., N, D) and y: (..., M, D) with equal batch dims and D."""
+    x, y = points(xn, x), points(yn, y)
+    same_kind([(xn, x), (yn, y)])
+    if x.dim() != y.dim() or x.shape[:-2] != y.shape[:-2]:
+        raise ValueError(
+            f"{xn} and {yn} must have equal batch dims: {xn} has shape {tuple(x.shape)}, "
+            f"{yn} has shape {tuple(y.shape)} (no broadcasting)"
+        )
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(
+            f"{xn} and {yn} must have the same point dimension D: {xn} has shape {tuple(x.shape)}, "
+            f"{yn} has shape {tuple(y.shape)}"
+        )
+    return x, y
+
+
+def per_point(name: str, t, like_name: str, like: Tensor, trailing: Optional[int]) -> Tensor:
+    """A tensor attached to the points of ``like``: shape like.shape[:-1] (+ (trailing,) if given)."""
+    t = tensor(name, t)
+    same_kind([(like_name, like), (name, t)])
+    want = tuple(like.shape[:-1]) + (() if trailing is None else (trailing,))
+    if tuple(t.shape) != want:
+        raise ValueError(f"{name} must have shape {want} to match {like_name} {tuple(like.shape)}, got {describe(t)}")
+    finite(name, t)
+    return t
+
+
+def positive_number(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {v!r}")
+    return float(v)
+
+
+def backend(name: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name

@@ -1,0 +1,335 @@
+"""Public kernel reductions: check the inputs, resolve kernel and bandwidth, dispatch.
+
+All ops take batched point sets ``x: (..., N, D)`` and ``y: (..., M, D)`` with equal batch dims,
+compute in float32 or float64 (float16/bfloat16 inputs are computed in float32 and the result
+cast back), and are differentiable with analytic backward passes: autograd never sees an N×M
+graph, only one node per op whose backward runs another tiled reduction. The backward passes are
+not themselves differentiable (double backward raises).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Optional, Union
+
+import torch
+
+from . import _bandwidth, _checks, reference
+from .kernels import Kernel, get_kernel
+
+Tensor = torch.Tensor
+Bandwidth = Union[float, Tensor, str]
+
+__all__ = [
+    "mmd_field",
+    "mmd2",
+    "kernel_integral",
+    "kde_score",
+    "kde_denoiser",
+    "svgd_field",
+    "median_bandwidth",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+
+
+def _impl(backend: str, device: torch.device) -> ModuleType:
+    """The module implementing the primitive reductions for ``backend`` on ``device``."""
+    _checks.backend(backend)
+    if backend in ("auto", "torch"):
+        return reference
+    raise ValueError(
+        f"backend={backend!r} is not available in this build of gpflow_kernels (only the plain-torch "
+        f"backend is); use backend='torch' or 'auto'"
+    )
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _flat(t: Optional[Tensor], trailing: int, dtype: torch.dtype) -> Optional[Tensor]:
+    """(..., *last) -> (B, *last) contiguous in the compute dtype."""
+    if t is None:
+        return None
+    last = tuple(t.shape[t.dim() - trailing :])
+    return t.to(dtype).reshape((-1,) + last).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# autograd nodes over the primitive reductions
+
+
+def _first_order_only(backward):
+    """Backward passes are tiled reductions, not differentiable graphs: refuse create_graph.
+
+    (torch's once_differentiable would silently return a constant here when the incoming
+    gradient does not require grad, e.g. a gradient penalty, which is worse than an error.)
+    """
+
+    def wrapped(ctx, g):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "gpflow_kernels ops have first derivatives only: double backward (create_graph=True "
+                "through mmd_field, mmd2, kernel_integral, kde_score/kde_denoiser or svgd_field) is not supported"
+            )
+        return backward(ctx, g)
+
+    return wrapped
+
+
+class _Integral(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, impl, kernel, s2, x, y, v):
+        ctx.impl, ctx.kernel = impl, kernel
+        ctx.save_for_backward(s2, x, y, v)
+        return impl.integral(kernel, x, y, v, s2)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, g):
+        s2, x, y, v = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:6]
+        gx, gy, gv = ctx.impl.integral_backward(ctx.kernel, x, y, v, s2, g.contiguous(), needs)
+        return None, None, None, gx, gy, gv
+
+
+class _GradSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, impl, kernel, s2, x, y, a):
+        ctx.impl, ctx.kernel = impl, kernel
+        ctx.save_for_backward(s2, x, y, a)
+        return impl.grad_sum(kernel, x, y, a, s2)
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, g):
+        s2, x, y, a = ctx.saved_tensors
+        needs = ctx.needs_input_grad[3:6]
+        gx, gy, ga = ctx.impl.grad_sum_backward(ctx.kernel, x, y, a, s2, g.contiguous(), needs)
+        return None, None, None, gx, gy, ga
+
+
+class _SoftmaxMean(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, impl, s2, x, y):
+        mu, lse = impl.softmax_mean(x, y, s2)
+        ctx.impl = impl
+        ctx.save_for_backward(s2, x, y, lse, mu)
+        return mu
+
+    @staticmethod
+    @_first_order_only
+    def backward(ctx, g):
+        s2, x, y, lse, mu = ctx.saved_tensors
+        needs = ctx.needs_input_grad[2:4]
+        gx, gy = ctx.impl.softmax_mean_backward(x, y, s2, lse, mu, g.contiguous(), needs)
+        return None, None, gx, gy
+
+
+# --------------------------------------------------------------------------------------------
+# public ops
+
+
+def median_bandwidth(x: Tensor, y: Optional[Tensor] = None) -> Tensor:
+    """Median heuristic σ = median pairwise distance of the pooled points, shape ``x.shape[:-2]``.
+
+    Uses at most 1024 points per batch element (a fixed random subset beyond that).
+    """
+    if y is None:
+        x = _checks.points("x", x)
+        pools = [x.reshape((-1,) + tuple(x.shape[-2:]))]
+    else:
+        x, y = _checks.point_pair("x", x, "y", y)
+        pools = [t.reshape((-1,) + tuple(t.shape[-2:])) for t in (x, y)]
+    s2 = _bandwidth.resolve("median", pools, _compute_dtype(x.dtype), x.device)
+    return s2.sqrt().reshape(x.shape[:-2]).to(x.dtype)
+
+
+def kernel_integral(
+    x: Tensor,
+    y: Tensor,
+    v: Optional[Tensor] = None,
+    *,
+    kernel: Union[str, Kernel] = "gaussian",
+    bandwidth: Bandwidth = 1.0,
+    backend: str = "auto",
+) -> Tensor:
+    """Σ_j k(x_i, y_j) v_j, the KeOps-style kernel reduction.
+
+    Args:
+        x: (..., N, D) query points. y: (..., M, D) source points.
+        v: (..., M, P) values at the sources, (..., M) for scalar values, or None for ones.
+        kernel: a name from ``gpflow_kernels.kernels.KERNELS`` or a ``Kernel`` instance.
+        bandwidth: σ > 0, a 1-d tensor of several σ (their kernels are summed), or "median".
+    Returns:
+        (..., N, P) if v is (..., M, P); (..., N) if v is (..., M) or None.
+        Differentiable with respect to x, y and v.
+    """
+    x, y = _checks.point_pair("x", x, "y", y)
+    squeeze = True
+    if v is not None:
+        if isinstance(v, torch.Tensor) and v.dim() == y.dim():
+            v = _checks.per_point("v", v, "y", y, trailing=v.shape[-1])
+            squeeze = False
+        else:
+            v = _checks.per_point("v", v, "y", y, trailing=None)
+            v = v.unsqueeze(-1)
+    kern = get_kernel(kernel)
+    impl = _impl(backend, x.device)
+    cd = _compute_dtype(x.dtype)
+    xf, yf = _flat(x, 2, cd), _flat(y, 2, cd)
+    s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
+    out = _Integral.apply(impl, kern, s2, xf, yf, _flat(v, 2, cd))
+    out = out.reshape(tuple(x.shape[:-1]) + (out.shape[-1],))
+    if squeeze:
+        out = out.squeeze(-1)
+    return out.to(x.dtype)
+
+
+def mmd_field(
+    x: Tensor,
+    y: Tensor,
+    *,
+    kernel: Union[str, Kernel] = "gaussian",
+    bandwidth: Bandwidth = 1.0,
+    x_ref: Optional[Tensor] = None,
+    weights: Optional[Tensor] = None,
+    backend: str = "auto",
+) -> Tensor:
+    """∇h at the points x, where h(z) = Σ_j w_j k(z, y_j) − mean_l k(z, x_ref_l).
+
+    h is the MMD witness function between the data y (weighted by ``weights``, normalised to
+    sum to one; uniform by default) and the particles x_ref (default: x itself). It is the
+    closed-form optimal IPM discriminator of an MMD-GAN; x + η ∇h(x) moves the particles toward
+    the data (Franceschi et al. 2023, "Squared MMD" row; Asokan et al. 2023). For x_ref = x,
+    ∇h = −(N/2) ∇_x MMD²(x, y).
+
+    Args:
+        x: (..., N, D) where the field is evaluated. y: (..., M, D) data points.
+        x_ref: (..., L, D) generated points of the witness (default x).
+        weights: (..., M) non-negative weights of y with a positive sum.
+    Returns:
+        (..., N, D), differentiable with respect to x, y, x_ref and weights.
+    """
+    x, y = _checks.point_pair("x", x, "y", y)
+    if x_ref is not None:
+        _, x_ref = _checks.point_pair("x", x, "x_ref", x_ref)
+    if weights is not None:
+        weights = _checks.per_point("weights", weights, "y", y, trailing=None)
+        if bool((weights < 0).any()) or not bool((weights.sum(-1) > 0).all()):
+            raise ValueError("weights must be >= 0 with a positive sum over the M points of y")
+    kern = get_kernel(kernel)
+    impl = _impl(backend, x.device)
+    cd = _compute_dtype(x.dtype)
+    xf, yf = _flat(x, 2, cd), _flat(y, 2, cd)
+    rf = xf if x_ref is None else _flat(x_ref, 2, cd)
+    s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
+    if weights is None:
+        attract = _GradSum.apply(impl, kern, s2, xf, yf, None) / yf.shape[1]
+    else:
+        wf = _flat(weights, 1, cd)
+        attract = _GradSum.apply(impl, kern, s2, xf, yf, wf / wf.sum(-1, keepdim=True))
+    repel = _GradSum.apply(impl, kern, s2, xf, rf, None) / rf.shape[1]
+    return (attract - repel).reshape(x.shape).to(x.dtype)
+
+
+def mmd2(
+    x: Tensor,
+    y: Tensor,
+    *,
+    kernel: Union[str, Kernel] = "gaussian",
+    bandwidth: Bandwidth = 1.0,
+    unbiased: bool = False,
+    backend: str = "auto",
+) -> Tensor:
+    """Squared MMD between the samples x: (..., N, D) and y: (..., M, D); shape (...).
+
+    Biased (V-statistic): mean k(x, x') + mean k(y, y') − 2 mean k(x, y), diagonals included.
+    Unbiased (U-statistic, needs N, M >= 2): the diagonals k(x_i, x_i) are left out.
+    With ``kernel="energy"`` and σ = 1 the biased value is the energy distance.
+    Differentiable with respect to x and y.
+    """
+    x, y = _checks.point_pair("x", x, "y", y)
+    if not isinstance(unbiased, bool):
+        raise TypeError(f"unbiased must be a bool, got {type(unbiased).__name__}")
+    N, M = x.shape[-2], y.shape[-2]
+    if unbiased and (N < 2 or M < 2):
+        raise ValueError(f"the unbiased MMD² needs at least 2 points in each set, got x {tuple(x.shape)}, y {tuple(y.shape)}")
+    kern = get_kernel(kernel)
+    impl = _impl(backend, x.device)
+    cd = _compute_dtype(x.dtype)
+    xf, yf = _flat(x, 2, cd), _flat(y, 2, cd)
+    s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
+
+    def total(a, b):
+        return _Integral.apply(impl, kern, s2, a, b, None).sum((1, 2))
+
+    kxx, kyy, kxy = total(xf, xf), total(yf, yf), total(xf, yf)
+    if unbiased:
+        k0 = kern.value_at_zero() * s2.shape[1]
+        val = (kxx - N * k0) / (N * (N - 1)) + (kyy - M * k0) / (M * (M - 1)) - 2.0 * kxy / (N * M)
+    else:
+        val = kxx / (N * N) + kyy / (M * M) - 2.0 * kxy / (N * M)
+    return val.reshape(x.shape[:-2]).to(x.dtype)
+
+
+def _kde_prepare(x, y, bandwidth, backend):
+    x, y = _checks.point_pair("x", x, "y", y)
+    _bandwidth.single(bandwidth)
+    impl = _impl(backend, x.device)
+    cd = _compute_dtype(x.dtype)
+    xf, yf = _flat(x, 2, cd), _flat(y, 2, cd)
+    s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
+    return x, xf, yf, s2, impl
+
+
+def kde_denoiser(x: Tensor, y: Tensor, *, bandwidth: Bandwidth, backend: str = "auto") -> Tensor:
+    """E[y | x] when x = y_J + σ ε with J uniform over the data and ε ~ N(0, I).
+
+    This is the ideal denoiser of EDM (Karras et al. 2022) for the finite data set y:
+    Σ_j softmax_j(−|x − y_j|²/(2σ²)) y_j, computed with an online log-sum-exp (stable for tiny σ).
+    x: (..., N, D), y: (..., M, D) -> (..., N, D); differentiable with respect to x and y.
+    """
+    x, xf, yf, s2, impl = _kde_prepare(x, y, bandwidth, backend)
+    return _SoftmaxMean.apply(impl, s2, xf, yf).reshape(x.shape).to(x.dtype)
+
+
+def kde_score(x: Tensor, y: Tensor, *, bandwidth: Bandwidth, backend: str = "auto") -> Tensor:
+    """∇_x log Σ_j exp(−|x − y_j|²/(2σ²)): the exact score of the data y convolved with N(0, σ² I).
+
+    Equals (kde_denoiser(x, y) − x) / σ² (Tweedie). x: (..., N, D), y: (..., M, D) -> (..., N, D).
+    """
+    x, xf, yf, s2, impl = _kde_prepare(x, y, bandwidth, backend)
+    mu = _SoftmaxMean.apply(impl, s2, xf, yf)
+    return ((mu - xf) / s2.view(-1, 1, 1)).reshape(x.shape).to(x.dtype)
+
+
+def svgd_field(
+    x: Tensor,
+    score: Tensor,
+    *,
+    kernel: Union[str, Kernel] = "gaussian",
+    bandwidth: Bandwidth = "median",
+    backend: str = "auto",
+) -> Tensor:
+    """Stein variational gradient φ(x_i) = (1/N) Σ_j [k(x_j, x_i) score_j + ∇_{x_j} k(x_j, x_i)].
+
+    Liu & Wang (2016). ``score``: ∇log p at the particles, same shape as x: (..., N, D).
+    ``bandwidth="median"`` follows Liu & Wang: σ = median distance / sqrt(2 log(N + 1)).
+    Returns (..., N, D), differentiable with respect to x and score.
+    """
+    x = _checks.points("x", x)
+    score = _checks.per_point("score", score, "x", x, trailing=x.shape[-1])
+    kern = get_kernel(kernel)
+    impl = _impl(backend, x.device)
+    cd = _compute_dtype(x.dtype)
+    xf, sf = _flat(x, 2, cd), _flat(score, 2, cd)
+    N = xf.shape[1]
+    s2 = _bandwidth.resolve(bandwidth, [xf], cd, x.device, scale=_bandwidth.svgd_scale(N))
+    drive = _Integral.apply(impl, kern, s2, xf, xf, sf)
+    # ∇_{x_j} k(x_j, x_i) = −∇_{x_i} k(x_i, x_j) for a radial kernel.
+    repulse = _GradSum.apply(impl, kern, s2, xf, xf, None)
+    return ((drive - repulse) / N).reshape(x.shape).to(x.dtype)

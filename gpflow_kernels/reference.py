@@ -1,0 +1,295 @@
+"""Tiled plain-torch pair reductions: the CPU path and the oracle for the GPU kernels.
+
+Every function here takes already validated, contiguous tensors with one flat batch dim:
+``x: (B, N, D)``, ``y: (B, M, D)``, bandwidths squared ``s2: (B or 1, K)``, all in one
+floating dtype (float32 or float64), and never allocates a pair matrix larger than
+``TILE_ELEMS`` entries, so extra memory stays O(N + M) whatever N and M are.
+
+Geometry. For D <= ``EXACT_MAX_D`` squared distances are summed from exact coordinate
+differences (no cancellation); above it they come from one matrix product,
+r² = |x|² + |y|² − 2 x·y, after both sets are centred on the mean of y. Values of r² below
+the round-off of that formula are snapped to 0, so coincident points stay coincident and the
+singular kernels (laplace, energy) give them zero force instead of a huge spurious one.
+
+Reductions. With k' = dk/d(r²) and d_ij = x_i − y_j, ∇_x k(x_i, y_j) = 2 k'_ij d_ij, so every
+field below is a weighted sum Σ_j W_ij (x_i − y_j) = x_i Σ_j W_ij − W @ y, computed with
+matrix products tile by tile.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional, Tuple
+
+import torch
+
+from .kernels import Kernel
+
+Tensor = torch.Tensor
+
+#: Largest number of (pair × batch) entries a tile may hold. 2**20 float64 entries are 8 MB;
+#: a tile step keeps about eight such temporaries alive.
+TILE_ELEMS = 1 << 20
+#: Columns (y points) per tile when N is large. Small enough to keep tiles cache friendly.
+COL_TILE = 2048
+#: Up to this dimension, distances are computed from exact differences.
+EXACT_MAX_D = 8
+
+
+# --------------------------------------------------------------------------------------------
+# tiling and geometry
+
+
+def _tiles(B: int, N: int, M: int) -> Iterator[Tuple[slice, slice, slice, bool]]:
+    """Yield (batch, row, col) slices covering B×N×M; the bool marks the last column tile."""
+    mt = min(M, max(COL_TILE, TILE_ELEMS // max(N, 1)))
+    nt = min(N, max(1, TILE_ELEMS // mt))
+    bt = min(B, max(1, TILE_ELEMS // (nt * mt)))
+    for b0 in range(0, B, bt):
+        bs = slice(b0, min(B, b0 + bt))
+        for i0 in range(0, N, nt):
+            rs = slice(i0, min(N, i0 + nt))
+            for j0 in range(0, M, mt):
+                yield bs, rs, slice(j0, min(M, j0 + mt)), j0 + mt >= M
+
+
+def _center(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    """Shift both sets by the mean of y: every reduction here is translation invariant."""
+    c = y.mean(dim=1, keepdim=True)
+    return x - c, y - c
+
+
+class _Geometry:
+    """Per-call geometry: decides exact vs. matmul distances, caches squared norms."""
+
+    def __init__(self, x: Tensor, y: Tensor):
+        self.exact = x.shape[-1] <= EXACT_MAX_D
+        if not self.exact:
+            self.xx = (x * x).sum(-1)
+            self.yy = (y * y).sum(-1)
+            self.tol = 8.0 * torch.finfo(x.dtype).eps
+
+    def sqdist(self, xt: Tensor, yt: Tensor, bs: slice, rs: slice, cs: slice) -> Tensor:
+        """r²: (b, n, m) for x tile (b, n, D) and y tile (b, m, D)."""
+        if self.exact:
+            r2 = None
+            for d in range(xt.shape[-1]):
+                diff = xt[:, :, d, None] - yt[:, None, :, d]
+                r2 = diff * diff if r2 is None else r2.addcmul_(diff, diff)
+            return r2
+        xx = self.xx[bs, rs, None]
+        yy = self.yy[bs, None, cs]
+        r2 = torch.baddbmm(xx + yy, xt, yt.transpose(1, 2), alpha=-2.0)
+        # Below this level r² is round-off of the expansion, not distance.
+        return r2.masked_fill_(r2 <= self.tol * (xx + yy), 0.0)
+
+    def dot_diff(self, xt: Tensor, yt: Tensor, gt: Tensor) -> Tensor:
+        """(x_i − y_j)·g_i: (b, n, m), from exact differences when D is small."""
+        if self.exact:
+            out = None
+            for d in range(xt.shape[-1]):
+                term = (xt[:, :, d, None] - yt[:, None, :, d]) * gt[:, :, d, None]
+                out = term if out is None else out.add_(term)
+            return out
+        xg = (xt * gt).sum(-1, keepdim=True)
+        return xg - torch.bmm(gt, yt.transpose(1, 2))
+
+
+def _radial(kernel: Kernel, r2: Tensor, s2: Tensor, order: int, bs: slice):
+    """Σ_b over bandwidths of (k, dk/dr², d²k/d(r²)²)[: order + 1] on a tile."""
+    s2 = s2[bs] if s2.shape[0] > 1 else s2
+    out = None
+    for b in range(s2.shape[1]):
+        sb = s2[:, b].view(-1, 1, 1)
+        prof = kernel.profile(r2 / sb, order)
+        terms = [prof[0]]
+        if order >= 1:
+            terms.append(prof[1] / sb)
+        if order >= 2:
+            terms.append(prof[2] / (sb * sb))
+        out = terms if out is None else [o + t for o, t in zip(out, terms)]
+    return out
+
+
+def _weighted_diff_sum(W: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
+    """Σ_j W_ij (x_i − y_j): (b, n, D)."""
+    return xt * W.sum(-1, keepdim=True) - torch.bmm(W, yt)
+
+
+# --------------------------------------------------------------------------------------------
+# kernel integral  Σ_j k(x_i, y_j) v_j
+
+
+def integral(kernel: Kernel, x: Tensor, y: Tensor, v: Optional[Tensor], s2: Tensor) -> Tensor:
+    """Σ_j k(x_i, y_j) v_j: (B, N, P) for v: (B, M, P); v=None sums the kernel, P = 1."""
+    x, y = _center(x, y)
+    B, N, _ = x.shape
+    M = y.shape[1]
+    P = 1 if v is None else v.shape[-1]
+    out = x.new_zeros(B, N, P)
+    geo = _Geometry(x, y)
+    for bs, rs, cs, _ in _tiles(B, N, M):
+        (K,) = _radial(kernel, geo.sqdist(x[bs, rs], y[bs, cs], bs, rs, cs), s2, 0, bs)
+        if v is None:
+            out[bs, rs] += K.sum(-1, keepdim=True)
+        else:
+            out[bs, rs] += torch.bmm(K, v[bs, cs])
+    return out
+
+
+def integral_backward(kernel, x, y, v, s2, g, needs) -> Tuple[Optional[Tensor], ...]:
+    """Gradients of Σ_i g_i · integral(x, y, v)_i with respect to (x, y, v), where asked.
+
+    With W_ij = 2 k'_ij (g_i · v_j): grad x_i = Σ_j W_ij (x_i − y_j), grad y_j = −Σ_i W_ij (x_i − y_j),
+    grad v_j = Σ_i k_ij g_i.
+    """
+    need_x, need_y, need_v = needs
+    x, y = _center(x, y)
+    B, N, _ = x.shape
+    M = y.shape[1]
+    gx = torch.zeros_like(x) if need_x else None
+    gy = torch.zeros_like(y) if need_y else None
+    gv = torch.zeros_like(v) if (need_v and v is not None) else None
+    order = 1 if (need_x or need_y) else 0
+    geo = _Geometry(x, y)
+    for bs, rs, cs, _ in _tiles(B, N, M):
+        xt, yt, gt = x[bs, rs], y[bs, cs], g[bs, rs]
+        terms = _radial(kernel, geo.sqdist(xt, yt, bs, rs, cs), s2, order, bs)
+        if gv is not None:
+            gv[bs, cs] += torch.bmm(terms[0].transpose(1, 2), gt)
+        if order:
+            gvt = gt.sum(-1, keepdim=True) if v is None else torch.bmm(gt, v[bs, cs].transpose(1, 2))
+            W = 2.0 * terms[1] * gvt
+            if gx is not None:
+                gx[bs, rs] += _weighted_diff_sum(W, xt, yt)
+            if gy is not None:
+                gy[bs, cs] += _weighted_diff_sum(W.transpose(1, 2), yt, xt)
+    return gx, gy, gv
+
+
+# --------------------------------------------------------------------------------------------
+# gradient sum  Σ_j a_j ∇_x k(x_i, y_j)   (the building block of witness and Stein fields)
+
+
+def grad_sum(kernel: Kernel, x: Tensor, y: Tensor, a: Optional[Tensor], s2: Tensor) -> Tensor:
+    """Σ_j a_j ∇_x k(x_i, y_j): (B, N, D); a: (B, M) or None for all ones."""
+    x, y = _center(x, y)
+    B, N, D = x.shape
+    M = y.shape[1]
+    out = torch.zeros_like(x)
+    geo = _Geometry(x, y)
+    for bs, rs, cs, _ in _tiles(B, N, M):
+        xt, yt = x[bs, rs], y[bs, cs]
+        _, k1 = _radial(kernel, geo.sqdist(xt, yt, bs, rs, cs), s2, 1, bs)
+        W = 2.0 * k1 if a is None else (2.0 * k1) * a[bs, None, cs]
+        out[bs, rs] += _weighted_diff_sum(W, xt, yt)
+    return out
+
+
+def grad_sum_backward(kernel, x, y, a, s2, g, needs) -> Tuple[Optional[Tensor], ...]:
+    """Gradients of Σ_i g_i · grad_sum(x, y, a)_i with respect to (x, y, a), where asked.
+
+    The field's Jacobian is Σ_j a_j (2 k' I + 4 k'' d dᵀ); with A_ij = 2 k'_ij a_j and
+    C_ij = 4 k''_ij a_j (d_ij · g_i): grad x_i = g_i Σ_j A_ij + Σ_j C_ij d_ij,
+    grad y_j = −Σ_i A_ij g_i − Σ_i C_ij d_ij, grad a_j = Σ_i 2 k'_ij (d_ij · g_i).
+    """
+    need_x, need_y, need_a = needs
+    x, y = _center(x, y)
+    B, N, D = x.shape
+    M = y.shape[1]
+    gx = torch.zeros_like(x) if need_x else None
+    gy = torch.zeros_like(y) if need_y else None
+    ga = torch.zeros_like(a) if (need_a and a is not None) else None
+    order = 2 if (need_x or need_y) else 1
+    geo = _Geometry(x, y)
+    for bs, rs, cs, _ in _tiles(B, N, M):
+        xt, yt, gt = x[bs, rs], y[bs, cs], g[bs, rs]
+        terms = _radial(kernel, geo.sqdist(xt, yt, bs, rs, cs), s2, order, bs)
+        dg = geo.dot_diff(xt, yt, gt)
+        k1 = 2.0 * terms[1]
+        if ga is not None:
+            ga[bs, cs] += (k1 * dg).sum(1)
+        if order == 2:
+            at = None if a is None else a[bs, None, cs]
+            A = k1 if at is None else k1 * at
+            C = 4.0 * terms[2] * dg
+            if at is not None:
+                C = C * at
+            if gx is not None:
+                gx[bs, rs] += gt * A.sum(-1, keepdim=True) + _weighted_diff_sum(C, xt, yt)
+            if gy is not None:
+                At, Ct = A.transpose(1, 2), C.transpose(1, 2)
+                gy[bs, cs] += _weighted_diff_sum(Ct, yt, xt) - torch.bmm(At, gt)
+    return gx, gy, ga
+
+
+# --------------------------------------------------------------------------------------------
+# Gaussian soft assignment  μ_i = Σ_j softmax_j(−|x_i − y_j|²/(2σ²)) y_j  (KDE denoiser / score)
+
+
+def _logits(geo: _Geometry, xt, yt, bs, rs, cs, inv2s2):
+    """Logits equal to −r²/(2σ²) up to a per-row constant (which softmax ignores)."""
+    if geo.exact:
+        return geo.sqdist(xt, yt, bs, rs, cs).mul_(-inv2s2)
+    # Flash-attention form: the row constant −|x_i|²/(2σ²) is dropped, so no cancellation.
+    return torch.baddbmm(geo.yy[bs, None, cs], xt, yt.transpose(1, 2), beta=-0.5, alpha=1.0).mul_(2.0 * inv2s2)
+
+
+def softmax_mean(x: Tensor, y: Tensor, s2: Tensor) -> Tuple[Tensor, Tensor]:
+    """(μ: (B, N, D), lse: (B, N)) with a single bandwidth, s2: (B or 1, 1).
+
+    Accumulated with an online log-sum-exp over column tiles, so tiny bandwidths neither
+    underflow nor overflow. ``lse`` is kept (in the tile-logit convention) for the backward.
+    """
+    xc, yc = _center(x, y)
+    B, N, D = xc.shape
+    M = yc.shape[1]
+    geo = _Geometry(xc, yc)
+    inv = (0.5 / s2).view(-1, 1, 1)
+    mu = torch.zeros_like(xc)
+    lse = xc.new_full((B, N), float("-inf"))
+    for bs, rs, cs, _ in _tiles(B, N, M):
+        xt, yt = xc[bs, rs], yc[bs, cs]
+        ell = _logits(geo, xt, yt, bs, rs, cs, inv[bs] if inv.shape[0] > 1 else inv)
+        m_old = lse[bs, rs]
+        m_tile = ell.amax(-1)
+        m_new = torch.maximum(m_old, m_tile)
+        p = torch.exp(ell - m_new[..., None])
+        scale = torch.exp(m_old - m_new)  # exp(-inf) = 0 on the first tile
+        l_tile = p.sum(-1)
+        # mu holds the running normalized mean; lse the running log normalizer.
+        l_old = scale  # weight of the old mean, relative to exp(m_new)
+        total = l_old + l_tile
+        mu[bs, rs] = (mu[bs, rs] * l_old[..., None] + torch.bmm(p, yt)) / total[..., None]
+        lse[bs, rs] = m_new + torch.log(total)
+    return mu + y.mean(dim=1, keepdim=True), lse
+
+
+def softmax_mean_backward(x, y, s2, lse, mu, g, needs) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """Gradients of Σ_i g_i · μ_i with respect to (x, y).
+
+    With p_ij the soft assignment and c_ij = p_ij (g_i · y_j − g_i · μ_i):
+    grad x_i = Σ_j c_ij y_j / σ², grad y_j = Σ_i p_ij g_i + Σ_i c_ij (x_i − y_j) / σ².
+    """
+    need_x, need_y = needs
+    shift = y.mean(dim=1, keepdim=True)
+    xc, yc, muc = x - shift, y - shift, mu - shift
+    B, N, D = xc.shape
+    M = yc.shape[1]
+    geo = _Geometry(xc, yc)
+    inv = (0.5 / s2).view(-1, 1, 1)
+    invs2 = (1.0 / s2).view(-1, 1, 1)
+    gmu = (g * muc).sum(-1)  # (B, N)
+    gx = torch.zeros_like(xc) if need_x else None
+    gy = torch.zeros_like(yc) if need_y else None
+    for bs, rs, cs, _ in _tiles(B, N, M):
+        xt, yt, gt = xc[bs, rs], yc[bs, cs], g[bs, rs]
+        ib = inv[bs] if inv.shape[0] > 1 else inv
+        sb = invs2[bs] if invs2.shape[0] > 1 else invs2
+        p = torch.exp(_logits(geo, xt, yt, bs, rs, cs, ib) - lse[bs, rs, None])
+        c = p * (torch.bmm(gt, yt.transpose(1, 2)) - gmu[bs, rs, None])
+        if gx is not None:
+            gx[bs, rs] += torch.bmm(c, yt) * sb
+        if gy is not None:
+            ct = c.transpose(1, 2)
+            gy[bs, cs] += torch.bmm(p.transpose(1, 2), gt) - _weighted_diff_sum(ct, yt, xt) * sb
+    return gx, gy

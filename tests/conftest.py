@@ -1,0 +1,23 @@
+import numpy as np
+import pytest
+import torch
+
+from gpflow_kernels import reference
+
+
+@pytest.fixture(params=["one_tile", "ragged_tiles"])
+def tiles(request, monkeypatch):
+    """Run a test with the default tiling and with tiny ragged tiles (many partial tiles)."""
+    if request.param == "ragged_tiles":
+        monkeypatch.setattr(reference, "TILE_ELEMS", 40)
+        monkeypatch.setattr(reference, "COL_TILE", 7)
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def t64(a):
+    return torch.as_tensor(np.asarray(a), dtype=torch.float64)
