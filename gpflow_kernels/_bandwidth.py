@@ -30,7 +30,8 @@ def median_distance(z: Tensor) -> Tensor:
         N = MEDIAN_POINTS
     iu = torch.triu_indices(N, N, offset=1, device=z.device)
     d = torch.cdist(z, z)[:, iu[0], iu[1]]
-    return d.median(dim=-1).values
+    # quantile interpolates the two middle values (numpy's median); torch.median takes the lower.
+    return torch.quantile(d, 0.5, dim=-1)
 
 
 def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="bandwidth") -> Tensor:

@@ -38,7 +38,7 @@ def finite(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
 
 
-def points(name: str, t) -> Tensor:
+def points(name: str, t, check_finite: bool = True) -> Tensor:
     t = tensor(name, t)
     if t.dim() < 2:
         raise ValueError(f"{name} must have shape (..., N, D) with at least 2 dims, got {describe(t)}")
@@ -46,7 +46,8 @@ def points(name: str, t) -> Tensor:
         raise ValueError(f"{name} is empty: expected at least one point of dimension >= 1, got {describe(t)}")
     if t.numel() == 0:
         raise ValueError(f"{name} is empty (a batch dim is 0), got {describe(t)}")
-    finite(name, t)
+    if check_finite:
+        finite(name, t)
     return t
 
 
@@ -62,7 +63,7 @@ def same_kind(named: Sequence[Tuple[str, Tensor]]) -> None:
 
 def point_pair(xn: str, x, yn: str, y) -> Tuple[Tensor, Tensor]:
     """x: (..., N, D) and y: (..., M, D) with equal batch dims and D."""
-    x, y = points(xn, x), points(yn, y)
+    x, y = points(xn, x, False), points(yn, y, False)
     same_kind([(xn, x), (yn, y)])
     if x.dim() != y.dim() or x.shape[:-2] != y.shape[:-2]:
         raise ValueError(
@@ -74,6 +75,8 @@ def point_pair(xn: str, x, yn: str, y) -> Tuple[Tensor, Tensor]:
             f"{xn} and {yn} must have the same point dimension D: {xn} has shape {tuple(x.shape)}, "
             f"{yn} has shape {tuple(y.shape)}"
         )
+    finite(xn, x)
+    finite(yn, y)
     return x, y
 
 

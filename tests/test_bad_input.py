@@ -1,0 +1,132 @@
+"""Bad input: a named, clear TypeError/ValueError before any work, never a broadcast or NaN."""
+
+import pytest
+import torch
+
+import gpflow_kernels as gk
+from gpflow_kernels.kernels import Polyharmonic
+
+X = torch.randn(5, 2)
+Y = torch.randn(6, 2)
+
+PAIR_OPS = {
+    "mmd_field": lambda x, y, **kw: gk.mmd_field(x, y, **kw),
+    "mmd2": lambda x, y, **kw: gk.mmd2(x, y, **kw),
+    "kernel_integral": lambda x, y, **kw: gk.kernel_integral(x, y, **kw),
+    "kde_score": lambda x, y, **kw: gk.kde_score(x, y, bandwidth=kw.pop("bandwidth", 1.0), **kw),
+    "kde_denoiser": lambda x, y, **kw: gk.kde_denoiser(x, y, bandwidth=kw.pop("bandwidth", 1.0), **kw),
+}
+ops = pytest.mark.parametrize("op", list(PAIR_OPS.values()), ids=list(PAIR_OPS))
+
+
+@ops
+def test_mismatched_d(op):
+    with pytest.raises(ValueError, match=r"same point dimension.*\(5, 2\).*\(6, 3\)"):
+        op(X, torch.randn(6, 3))
+
+
+@ops
+def test_mismatched_batch_dims_are_not_broadcast(op):
+    with pytest.raises(ValueError, match="equal batch dims"):
+        op(torch.randn(3, 5, 2), torch.randn(1, 6, 2))
+    with pytest.raises(ValueError, match="equal batch dims"):
+        op(torch.randn(3, 5, 2), Y)
+
+
+@ops
+def test_empty_sets(op):
+    with pytest.raises(ValueError, match=r"x is empty.*\(0, 2\)"):
+        op(torch.randn(0, 2), Y)
+    with pytest.raises(ValueError, match=r"y is empty"):
+        op(X, torch.randn(6, 0))
+
+
+@ops
+@pytest.mark.parametrize("bw", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_bandwidth(op, bw):
+    with pytest.raises(ValueError, match="bandwidth"):
+        op(X, Y, bandwidth=bw)
+
+
+@ops
+def test_bad_bandwidth_tensor_and_string(op):
+    with pytest.raises(ValueError, match="bandwidth"):
+        op(X, Y, bandwidth=torch.tensor([[1.0]]))
+    with pytest.raises(ValueError, match="bandwidth"):
+        op(X, Y, bandwidth="silverman")
+    with pytest.raises(TypeError, match="bandwidth"):
+        op(X, Y, bandwidth=torch.tensor(1.0, requires_grad=True))
+
+
+@ops
+def test_integer_and_mixed_dtypes(op):
+    with pytest.raises(TypeError, match=r"x must be a floating tensor.*torch.int64"):
+        op(torch.ones(5, 2, dtype=torch.long), Y)
+    with pytest.raises(TypeError, match=r"y has dtype torch.float64 but x has dtype torch.float32"):
+        op(X, Y.double())
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        op(X.numpy(), Y)
+
+
+@ops
+def test_non_finite_points(op):
+    bad = Y.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="y contains NaN"):
+        op(X, bad)
+
+
+@ops
+def test_unknown_backend(op):
+    with pytest.raises(ValueError, match="backend"):
+        op(X, Y, backend="keops")
+
+
+def test_mixed_devices_are_named():
+    meta = torch.randn(6, 2, device="meta")
+    with pytest.raises(ValueError, match="device meta.*device cpu"):
+        gk.mmd_field(X, meta)
+
+
+def test_unknown_kernel_names_known_ones():
+    with pytest.raises(ValueError, match=r"unknown kernel 'rbf'.*gaussian"):
+        gk.mmd_field(X, Y, kernel="rbf")
+    with pytest.raises(TypeError, match="kernel must be"):
+        gk.mmd2(X, Y, kernel=3)
+
+
+def test_polyharmonic_arguments():
+    with pytest.raises(ValueError, match="eps > 0"):
+        Polyharmonic(order=-2.0)
+    with pytest.raises(TypeError, match="order"):
+        Polyharmonic(order="3")
+    with pytest.raises(ValueError, match="eps"):
+        Polyharmonic(order=3, eps=-1.0)
+
+
+def test_op_specific_arguments():
+    with pytest.raises(ValueError, match=r"weights must have shape \(6,\)"):
+        gk.mmd_field(X, Y, weights=torch.ones(5))
+    with pytest.raises(ValueError, match="weights must be >= 0"):
+        gk.mmd_field(X, Y, weights=-torch.ones(6))
+    with pytest.raises(ValueError, match="x_ref"):
+        gk.mmd_field(X, Y, x_ref=torch.randn(4, 3))
+    with pytest.raises(ValueError, match=r"v must have shape \(6, 3\)"):
+        gk.kernel_integral(X, Y, torch.randn(5, 3))
+    with pytest.raises(ValueError, match="unbiased MMD² needs at least 2"):
+        gk.mmd2(X[:1], Y, unbiased=True)
+    with pytest.raises(ValueError, match=r"score must have shape \(5, 2\)"):
+        gk.svgd_field(X, torch.randn(5, 3))
+    with pytest.raises(ValueError, match="must have shape \\(..., N, D\\)"):
+        gk.mmd_field(torch.randn(5), Y)
+
+
+def test_unavailable_backend_is_explained():
+    with pytest.raises(ValueError, match="not available"):
+        gk.mmd_field(X, Y, backend="triton")
+
+
+def test_median_of_repeated_points():
+    z = torch.zeros(6, 2)
+    with pytest.raises(ValueError, match="median"):
+        gk.mmd_field(z, z, bandwidth="median")

@@ -1,0 +1,80 @@
+import pytest
+import torch
+from torch import nn
+
+import gpflow_kernels as gk
+
+
+def make_generator(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+
+
+def explicit_jacobian(gen, z):
+    """J: (N·D, P) from torch.autograd.functional.jacobian over the flat parameter vector."""
+    names = [n for n, _ in gen.named_parameters()]
+    shapes = [p.shape for _, p in gen.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in gen.parameters()])
+
+    def f(theta):
+        params, i = {}, 0
+        for n, s in zip(names, shapes):
+            params[n] = theta[i : i + s.numel()].view(s)
+            i += s.numel()
+        return torch.func.functional_call(gen, params, (z,)).reshape(-1)
+
+    return torch.autograd.functional.jacobian(f, flat)
+
+
+def test_ntk_smooth_is_j_jt_v():
+    gen = make_generator()
+    z = torch.randn(6, 3, dtype=torch.float64)
+    v = torch.randn(6, 2, dtype=torch.float64)
+    J = explicit_jacobian(gen, z)
+    want = (J @ (J.T @ v.reshape(-1))).view(6, 2)
+    torch.testing.assert_close(gk.ntk_smooth(gen, z, v), want)
+
+
+def test_empirical_ntk_matches_explicit_jacobian():
+    gen = make_generator(1)
+    z1, z2 = torch.randn(4, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    J1, J2 = explicit_jacobian(gen, z1).view(4, 2, -1), explicit_jacobian(gen, z2).view(5, 2, -1)
+    want = torch.einsum("iap,jbp->ijab", J1, J2)
+    K = gk.empirical_ntk(gen, z1, z2)
+    assert K.shape == (4, 5, 2, 2)
+    torch.testing.assert_close(K, want)
+    v = torch.randn(4, 2, dtype=torch.float64)
+    torch.testing.assert_close(gk.ntk_smooth(gen, z1, v), torch.einsum("ijab,jb->ia", gk.empirical_ntk(gen, z1, z1), v))
+
+
+def test_a_generator_step_moves_particles_by_the_smoothed_field():
+    # θ ← θ + η Jᵀ f moves g(z) by η J Jᵀ f + O(η²).
+    gen = make_generator(2)
+    z = torch.randn(10, 3, dtype=torch.float64)
+    f = torch.randn(10, 2, dtype=torch.float64)
+    before = gen(z).detach()
+    predicted = gk.ntk_smooth(gen, z, f)
+    eta = 1e-6
+    out = gen(z)
+    grads = torch.autograd.grad(out, list(gen.parameters()), grad_outputs=f)
+    with torch.no_grad():
+        for p, g in zip(gen.parameters(), grads):
+            p.add_(eta * g)
+    torch.testing.assert_close((gen(z).detach() - before) / eta, predicted, rtol=1e-4, atol=1e-6)
+
+
+def test_parameter_subset_and_errors():
+    gen = make_generator(3)
+    z = torch.randn(5, 3, dtype=torch.float64)
+    v = torch.randn(5, 2, dtype=torch.float64)
+    last = {"2.weight": gen[2].weight, "2.bias": gen[2].bias}
+    # Only the last layer: J = [h ⊗ I, I] so J Jᵀ v = (h·h' + 1) v summed over samples.
+    h = torch.tanh(gen[0](z)).detach()
+    want = (h @ h.T + 1.0) @ v
+    torch.testing.assert_close(gk.ntk_smooth(gen, z, v, params=last), want)
+    with pytest.raises(ValueError, match="shaped like the generator output"):
+        gk.ntk_smooth(gen, z, torch.randn(5, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="not parameters"):
+        gk.ntk_smooth(gen, z, v, params={"nope": torch.zeros(1)})
+    with pytest.raises(TypeError, match="nn.Module"):
+        gk.ntk_smooth(lambda z: z, z, v)
