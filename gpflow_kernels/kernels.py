@@ -44,7 +44,11 @@ class Kernel:
     singular: bool = False
 
     def profile(self, u: Tensor, order: int) -> Tuple[Tensor, ...]:
-        """Return (φ, φ', φ'')[: order + 1] evaluated at ``u`` (any shape)."""
+        """Return (φ, φ', φ'')[: order + 1] evaluated at ``u`` (any shape).
+
+        Must not modify ``u``; the returned derivative tensors must be fresh (callers scale them
+        in place).
+        """
         raise NotImplementedError
 
     def value_at_zero(self) -> float:
@@ -73,9 +77,12 @@ class Gaussian(Kernel):
     name = "gaussian"
 
     def profile(self, u, order):
-        phi = torch.exp(-0.5 * u)
-        out = (phi, -0.5 * phi, 0.25 * phi)
-        return out[: order + 1]
+        phi = torch.exp(u * -0.5)
+        if order == 0:
+            return (phi,)
+        if order == 1:
+            return (phi, phi * -0.5)
+        return (phi, phi * -0.5, phi * 0.25)
 
 
 class IMQ(Kernel):
@@ -85,9 +92,12 @@ class IMQ(Kernel):
 
     def profile(self, u, order):
         w = torch.rsqrt(1.0 + u)  # (1+u)^(-1/2)
+        if order == 0:
+            return (w,)
         w3 = w * w * w
-        out = (w, -0.5 * w3, 0.75 * w3 * w * w)
-        return out[: order + 1]
+        if order == 1:
+            return (w, -0.5 * w3)
+        return (w, -0.5 * w3, 0.75 * w3 * w * w)
 
 
 class Laplace(Kernel):

@@ -26,9 +26,9 @@ from .kernels import Kernel
 
 Tensor = torch.Tensor
 
-#: Largest number of (pair × batch) entries a tile may hold. 2**20 float64 entries are 8 MB;
-#: a tile step keeps about eight such temporaries alive.
-TILE_ELEMS = 1 << 20
+#: Largest number of (pair × batch) entries a tile may hold. 2**18 float32 entries are 1 MB, so
+#: a tile step's few temporaries stay near the CPU caches (2x faster than 2**20 on our CI box).
+TILE_ELEMS = 1 << 18
 #: Columns (y points) per tile when N is large. Small enough to keep tiles cache friendly.
 COL_TILE = 2048
 #: Up to this dimension, distances are computed from exact differences.
@@ -96,17 +96,20 @@ class _Geometry:
 
 def _radial(kernel: Kernel, r2: Tensor, s2: Tensor, order: int, bs: slice):
     """Σ_b over bandwidths of (k, dk/dr², d²k/d(r²)²)[: order + 1] on a tile."""
-    s2 = s2[bs] if s2.shape[0] > 1 else s2
+    inv = (1.0 / s2[bs] if s2.shape[0] > 1 else 1.0 / s2)
+    K = inv.shape[1]
     out = None
-    for b in range(s2.shape[1]):
-        sb = s2[:, b].view(-1, 1, 1)
-        prof = kernel.profile(r2 / sb, order)
+    for b in range(K):
+        ib = inv[:, b].view(-1, 1, 1)
+        # With one bandwidth r² is not needed afterwards: rescale it in place.
+        u = r2.mul_(ib) if K == 1 else r2 * ib
+        prof = kernel.profile(u, order)
         terms = [prof[0]]
         if order >= 1:
-            terms.append(prof[1] / sb)
+            terms.append(prof[1].mul_(ib))
         if order >= 2:
-            terms.append(prof[2] / (sb * sb))
-        out = terms if out is None else [o + t for o, t in zip(out, terms)]
+            terms.append(prof[2].mul_(ib * ib))
+        out = terms if out is None else [o.add_(t) for o, t in zip(out, terms)]
     return out
 
 

@@ -1,0 +1,71 @@
+"""Each op against its naive dense torch version, in the same pytest-benchmark group.
+
+Run: pytest benchmarks --benchmark-only   (ratios: python benchmarks/report.py FILE.json)
+"""
+
+import pytest
+import torch
+
+import gpflow_kernels as gk
+import naive
+
+SIZES = [(1024, 2), (4096, 2), (4096, 64)]
+
+
+def points(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g)
+
+
+def run(benchmark, fn):
+    benchmark.pedantic(fn, rounds=5, warmup_rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["tiled", "naive"])
+def test_mmd_field(benchmark, impl, n, d):
+    benchmark.group = f"mmd_field N=M={n} D={d}"
+    x, y, s = points(n, d, 0), points(n, d, 1) + 0.5, 0.5 * d**0.5
+    f = (lambda: gk.mmd_field(x, y, bandwidth=s)) if impl == "tiled" else (lambda: naive.mmd_field(x, y, s))
+    run(benchmark, f)
+
+
+@pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["tiled", "naive"])
+def test_mmd2_value_and_grad(benchmark, impl, n, d):
+    benchmark.group = f"mmd2+grad N=M={n} D={d}"
+    x, y, s = points(n, d, 0), points(n, d, 1) + 0.5, 0.5 * d**0.5
+
+    def tiled():
+        xr = x.clone().requires_grad_(True)
+        val = gk.mmd2(xr, y, bandwidth=s)
+        val.backward()
+        return val, xr.grad
+
+    run(benchmark, tiled if impl == "tiled" else (lambda: naive.mmd2_with_grad(x, y, s)))
+
+
+@pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["tiled", "naive"])
+def test_kernel_integral(benchmark, impl, n, d):
+    benchmark.group = f"kernel_integral P=4 N=M={n} D={d}"
+    x, y, v, s = points(n, d, 0), points(n, d, 1), points(n, 4, 2), 0.5 * d**0.5
+    run(benchmark, (lambda: gk.kernel_integral(x, y, v, bandwidth=s)) if impl == "tiled" else (lambda: naive.kernel_integral(x, y, v, s)))
+
+
+@pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["tiled", "naive"])
+def test_kde_score(benchmark, impl, n, d):
+    benchmark.group = f"kde_score N=M={n} D={d}"
+    x, y, s = points(n, d, 0), points(n, d, 1), 0.3 * d**0.5
+    run(benchmark, (lambda: gk.kde_score(x, y, bandwidth=s)) if impl == "tiled" else (lambda: naive.kde_score(x, y, s)))
+
+
+@pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["tiled", "naive"])
+def test_svgd_field(benchmark, impl, n, d):
+    benchmark.group = f"svgd_field N={n} D={d}"
+    x = points(n, d, 0)
+    score = -x
+    s = 0.5 * d**0.5
+    run(benchmark, (lambda: gk.svgd_field(x, score, bandwidth=s)) if impl == "tiled" else (lambda: naive.svgd_field(x, score, s)))
