@@ -18,7 +18,7 @@ def points(n, d, seed):
 
 
 def run(benchmark, fn):
-    benchmark.pedantic(fn, rounds=5, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(fn, rounds=9, warmup_rounds=2, iterations=1)
 
 
 @pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))

@@ -1,0 +1,62 @@
+"""The single checking pass of the solvers: state, time grid and method, before any step."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+Tensor = torch.Tensor
+
+
+class NonFiniteError(FloatingPointError):
+    """Particles became NaN or infinite; the message names the step and the time."""
+
+
+def state(x0) -> Tensor:
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"x0 must be a torch.Tensor, got {type(x0).__name__}")
+    if not x0.is_floating_point():
+        raise TypeError(f"x0 must be a floating tensor, got dtype {x0.dtype}")
+    if x0.numel() == 0:
+        raise ValueError(f"x0 is empty: shape {tuple(x0.shape)}")
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 contains NaN or infinite values")
+    return x0
+
+
+def times(ts, x0: Tensor, name: str = "ts") -> Tensor:
+    """1-d, at least two points, strictly monotone (either direction); returned in x0's dtype/device."""
+    ts = torch.as_tensor(ts)
+    if ts.dim() != 1 or ts.numel() < 2:
+        raise ValueError(f"{name} must be a 1-d grid of at least 2 times, got shape {tuple(ts.shape)}")
+    if not bool(torch.isfinite(ts).all()):
+        raise ValueError(f"{name} contains NaN or infinite times")
+    d = ts[1:] - ts[:-1]
+    if not (bool((d > 0).all()) or bool((d < 0).all())):
+        raise ValueError(f"{name} must be strictly increasing or strictly decreasing, got {ts.tolist()}")
+    return ts.to(device=x0.device, dtype=x0.dtype)
+
+
+def method(name, registry: Dict[str, object], what: str):
+    if not isinstance(name, str) or name not in registry:
+        raise ValueError(f"unknown {what} method {name!r}; expected one of {sorted(registry)}")
+    return registry[name]
+
+
+def save_mode(save: str) -> str:
+    if save not in ("all", "last"):
+        raise ValueError(f'save must be "all" or "last", got {save!r}')
+    return save
+
+
+def finite_after(x: Tensor, step: int, t) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"particles became non-finite at step {step} (t = {float(t):.6g})")
+
+
+def field_output(out, x: Tensor, what: str) -> Tensor:
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{what} must return a tensor shaped like the state {tuple(x.shape)}, got {got}")
+    return out

@@ -1,0 +1,80 @@
+"""DiffFlow (Zhang et al. 2023): one SDE from score-based diffusion to GAN-like flows.
+
+    dx = [ f(x, t) + β(t) ∇log p_σ(t)(x) − (β(t) − g(t)²/2) ∇log q_σ(t)(x) ] dt + g(t) dW
+
+p_σ is the data distribution and q_σ the current particle (generated) distribution, both
+smoothed at noise level σ(t); f is an optional extra drift (regularisation). By Fokker–Planck the
+noise g dW adds (g²/2) Δq = ∇·(q (g²/2) ∇log q), which exactly cancels the +g²/2 ∇log q in the
+drift: the marginals follow ∂q/∂t = −∇·(q [f + β(∇log p − ∇log q)]) whatever g is. So g (our
+``mix``) slides the particles' path law, not their marginals, between
+- g² = 2β (mix = 1): Langevin dynamics on p_σ, the score-based-diffusion end, and
+- g = 0 (mix = 0): the deterministic score-difference flow β(∇log p − ∇log q), the GAN end
+  (the flow a generator trained against an optimal discriminator follows).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+
+import gpflow_kernels as gk
+
+from .fields import _schedule
+from .sde import SDE
+
+Tensor = torch.Tensor
+Score = Callable[[Tensor, Tensor], Tensor]  # (t, x) -> ∇log density at x
+
+
+class DiffFlowSDE(SDE):
+    """The DiffFlow SDE. Scores are callables (t, x) -> (..., N, D); β, g, σ numbers or functions of t.
+
+    ``generated_score`` receives the whole particle set, so estimating ∇log q from the particles
+    themselves (an interacting particle system) is allowed; see :meth:`from_samples`.
+    """
+
+    noise_type = "additive"
+
+    def __init__(self, data_score: Score, generated_score: Score, *, beta=1.0, g=0.0,
+                 extra_drift: Optional[Callable[[Tensor, Tensor], Tensor]] = None):
+        super().__init__()
+        for name, fn in (("data_score", data_score), ("generated_score", generated_score)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable as {name}(t, x)")
+        for name, v in (("beta", beta), ("g", g)):
+            if not callable(v) and not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"{name} must be a number >= 0 or a function of t, got {v!r}")
+        self.data_score, self.generated_score = data_score, generated_score
+        self.beta, self.g_fn, self.extra_drift = _schedule(beta), _schedule(g), extra_drift
+
+    @classmethod
+    def mixed(cls, data_score: Score, generated_score: Score, *, beta: float = 1.0, mix: float = 1.0, **kw) -> "DiffFlowSDE":
+        """g² = 2 β · mix: mix = 1 is Langevin on p (diffusion), mix = 0 the noiseless GAN-like flow."""
+        if not (isinstance(mix, (int, float)) and 0 <= mix <= 1):
+            raise ValueError(f"mix must be a number in [0, 1], got {mix!r}")
+        b = _schedule(beta)
+        return cls(data_score, generated_score, beta=b, g=lambda t: (2.0 * float(b(t)) * mix) ** 0.5, **kw)
+
+    @classmethod
+    def from_samples(cls, data: Tensor, sigma: Union[float, Callable], **kw) -> "DiffFlowSDE":
+        """Both scores in closed form: exact scores of the data and of the particles convolved with N(0, σ(t)² I)."""
+        sig = _schedule(sigma)
+        data_score = lambda t, x: gk.kde_score(x, data, bandwidth=float(sig(t)))
+        gen_score = lambda t, x: gk.kde_score(x, x.detach(), bandwidth=float(sig(t)))
+        if "mix" in kw:
+            return cls.mixed(data_score, gen_score, **kw)
+        return cls(data_score, gen_score, **kw)
+
+    def drift(self, t, x):
+        b, g = float(self.beta(t)), float(self.g_fn(t))
+        out = b * self.data_score(t, x)
+        w = b - 0.5 * g * g
+        if w != 0.0:
+            out = out - w * self.generated_score(t, x)
+        if self.extra_drift is not None:
+            out = out + self.extra_drift(t, x)
+        return out
+
+    def diffusion(self, t, x):
+        return torch.full_like(x, float(self.g_fn(t)))

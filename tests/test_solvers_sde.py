@@ -1,0 +1,175 @@
+import math
+
+import pytest
+import torch
+
+import gpflow_kernels as gk
+import solvers
+from solvers import SDE, NonFiniteError, sdeint
+
+
+class OU(SDE):
+    """dx = −θ x dt + s dW."""
+
+    noise_type = "additive"
+
+    def __init__(self, theta=1.5, s=0.8):
+        super().__init__()
+        self.theta, self.s = theta, s
+
+    def drift(self, t, x):
+        return -self.theta * x
+
+    def diffusion(self, t, x):
+        return torch.full_like(x, self.s)
+
+
+class GBM(SDE):
+    """Geometric Brownian motion dx = μ x dt + s x dW (multiplicative, diagonal noise)."""
+
+    noise_type = "diagonal"
+
+    def drift(self, t, x):
+        return 0.3 * x
+
+    def diffusion(self, t, x):
+        return 0.5 * x
+
+
+@pytest.mark.parametrize("sde_cls", [OU, GBM])
+def test_euler_maruyama_equals_torchsde_euler_for_the_same_increments(sde_cls):
+    torchsde = pytest.importorskip("torchsde")
+    sde = sde_cls()
+    x0 = torch.rand(64, 3, dtype=torch.float64) + 0.5
+    ts = torch.tensor([0.0, 0.25, 1.0], dtype=torch.float64)
+    dt = 2.0**-6  # exact in binary, so both libraries query the Brownian motion at the same times
+    bm = solvers.brownian_interval(x0, 0.0, 1.0, dt, seed=7)
+    ours = sdeint(sde, x0, ts, dt=dt, bm=bm)
+    theirs = torchsde.sdeint(sde, x0, ts, method="euler", dt=dt, bm=bm)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "heun"])
+def test_ornstein_uhlenbeck_mean_and_variance(method):
+    theta, s, T = 1.5, 0.8, 1.0
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((40_000, 1), 2.0, dtype=torch.float64)
+    x = sdeint(OU(theta, s), x0, torch.tensor([0.0, T]), dt=0.01, method=method, generator=g, save="last")
+    mean = 2.0 * math.exp(-theta * T)
+    var = s**2 / (2 * theta) * (1 - math.exp(-2 * theta * T))
+    assert float(x.mean()) == pytest.approx(mean, abs=0.01)
+    assert float(x.var()) == pytest.approx(var, rel=0.04)
+
+
+def test_seeded_runs_are_reproducible_and_increments_can_be_given():
+    sde, x0, ts = OU(), torch.zeros(10, 2), torch.linspace(0, 1, 5)
+    a = sdeint(sde, x0, ts, generator=torch.Generator().manual_seed(3))
+    b = sdeint(sde, x0, ts, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    dw = torch.randn(4, 10, 2) * 0.5
+    x = sdeint(sde, x0, ts, bm=dw, save="last")
+    want = x0
+    for k in range(4):
+        want = want + 0.25 * (-1.5 * want) + 0.8 * dw[k]
+    torch.testing.assert_close(x, want)
+
+
+def test_scalar_noise_shares_one_brownian_motion_per_particle():
+    class Scalar(SDE):
+        noise_type = "scalar"
+
+        def drift(self, t, x):
+            return torch.zeros_like(x)
+
+        def diffusion(self, t, x):
+            return torch.ones_like(x)
+
+    x = sdeint(Scalar(), torch.zeros(50, 3), torch.linspace(0, 1, 11), generator=torch.Generator().manual_seed(0), save="last")
+    assert torch.allclose(x[:, 0], x[:, 1]) and torch.allclose(x[:, 1], x[:, 2])
+    assert float(x[:, 0].std()) > 0.5
+
+
+def gaussian_diffflow(mix, mu=1.5, s2=0.5):
+    """DiffFlow toward N(μ, s²) with the generated score read off the particles' own moments."""
+    data_score = lambda t, x: -(x - mu) / s2
+    gen_score = lambda t, x: -(x - x.mean(0)) / x.var(0)
+    return solvers.DiffFlowSDE.mixed(data_score, gen_score, beta=0.5, mix=mix)
+
+
+@pytest.mark.parametrize("mix", [0.0, 0.25, 1.0])
+def test_diffflow_marginals_do_not_depend_on_the_noise(mix):
+    # With f = 0, constant β and Gaussian p = N(μ, s²), q_t stays Gaussian with
+    # m' = −β (m − μ)/s² and v' = 2β (1 − v/s²), whatever g is (Fokker–Planck).
+    mu, s2, beta, T = 1.5, 0.5, 0.5, 1.0
+    g = torch.Generator().manual_seed(int(mix * 100))
+    x0 = torch.randn(40_000, 1, generator=g, dtype=torch.float64) * 0.3 - 1.0
+    m0, v0 = float(x0.mean()), float(x0.var())
+    x = sdeint(gaussian_diffflow(mix, mu, s2), x0, torch.tensor([0.0, T]), dt=0.005, generator=g, save="last")
+    m_T = mu + (m0 - mu) * math.exp(-beta * T / s2)
+    v_T = s2 + (v0 - s2) * math.exp(-2 * beta * T / s2)
+    assert float(x.mean()) == pytest.approx(m_T, abs=0.015)
+    assert float(x.var()) == pytest.approx(v_T, rel=0.03)
+
+
+def test_diffflow_ends_diffusion_is_langevin_and_gan_end_is_deterministic():
+    sde1 = gaussian_diffflow(1.0)
+    x = torch.randn(10, 1, dtype=torch.float64)
+    # mix = 1: drift β ∇log p only (the generated-score weight β − g²/2 vanishes), noise sqrt(2β).
+    torch.testing.assert_close(sde1.drift(0.0, x), 0.5 * -(x - 1.5) / 0.5)
+    torch.testing.assert_close(sde1.diffusion(0.0, x), torch.ones_like(x))
+    sde0 = gaussian_diffflow(0.0)
+    assert float(sde0.diffusion(0.0, x).abs().max()) == 0.0
+
+
+def test_diffflow_from_samples_moves_particles_to_data():
+    g = torch.Generator().manual_seed(5)
+    data = torch.randn(300, 2, generator=g) * 0.4 + torch.tensor([2.0, 2.0])
+    x0 = torch.randn(200, 2, generator=g)
+    sde = solvers.DiffFlowSDE.from_samples(data, sigma=0.5, beta=1.0, mix=0.1)
+    x = sdeint(sde, x0, torch.linspace(0, 3, 61), generator=g, save="last")
+    assert float(gk.mmd2(x, data)) < 0.1 * float(gk.mmd2(x0, data))
+
+
+@pytest.mark.parametrize("churn", [0.0, 10.0])
+def test_edm_sampler_with_ideal_denoiser_lands_on_the_data(churn):
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(8, 2, generator=g, dtype=torch.float64) * 2
+    sigmas = solvers.karras_sigmas(30, 0.002, 20.0)
+    x0 = torch.randn(100, 2, generator=g, dtype=torch.float64) * 20.0
+    x = sdeint(solvers.KDEDenoiser(data), x0, sigmas, method="edm", churn=churn, generator=g, save="last")
+    nearest = torch.cdist(x, data).min(1).values
+    assert float(nearest.max()) < 0.01
+
+
+def test_langevin_samples_a_gaussian():
+    g = torch.Generator().manual_seed(1)
+    lang = solvers.LangevinFlow(lambda x: -(x - 1.0) / 0.25)
+    x = sdeint(lang, torch.zeros(20_000, 1, dtype=torch.float64), torch.tensor([0.0, 3.0]), dt=0.005, generator=g, save="last")
+    assert float(x.mean()) == pytest.approx(1.0, abs=0.01)
+    assert float(x.var()) == pytest.approx(0.25, rel=0.05)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="stochastic Heun scheme for additive noise"):
+        sdeint(GBM(), torch.ones(3, 2), torch.linspace(0, 1, 3), method="heun")
+    with pytest.raises(ValueError, match="unknown SDE method 'milstein'"):
+        sdeint(OU(), torch.ones(3, 2), torch.linspace(0, 1, 3), method="milstein")
+    with pytest.raises(ValueError, match="strictly increasing or strictly decreasing"):
+        sdeint(OU(), torch.ones(3, 2), torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"bm as a tensor of increments must have shape \(2, 3, 2\)"):
+        sdeint(OU(), torch.ones(3, 2), torch.linspace(0, 1, 3), bm=torch.zeros(2, 3, 3))
+    with pytest.raises(ValueError, match="dt must be"):
+        sdeint(OU(), torch.ones(3, 2), torch.linspace(0, 1, 3), dt=-0.1)
+    with pytest.raises(TypeError, match="denoiser"):
+        sdeint(OU(), torch.ones(3, 2), solvers.karras_sigmas(3), method="edm")
+    with pytest.raises(ValueError, match="mix"):
+        solvers.DiffFlowSDE.mixed(lambda t, x: x, lambda t, x: x, mix=2.0)
+
+
+def test_non_finite_particles_stop_with_the_step_named():
+    class Explode(OU):
+        def drift(self, t, x):
+            return x**3 * 1e4
+
+    with pytest.raises(NonFiniteError, match=r"non-finite at step \d+"):
+        sdeint(Explode(), torch.ones(3, 2), torch.linspace(0, 1, 100), generator=torch.Generator().manual_seed(0))
