@@ -139,3 +139,11 @@ def test_grids():
         solvers.karras_sigmas(5, 1.0, 0.5)
     with pytest.raises(ValueError, match="n must be an integer"):
         solvers.karras_sigmas(0)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun", "rk4"])
+def test_a_field_returning_a_kept_tensor_is_not_modified(method):
+    const = torch.ones(3, 2)
+    x = odeint(lambda t, x: const, torch.zeros(3, 2), torch.linspace(0, 1, 5), method=method, save="last")
+    torch.testing.assert_close(const, torch.ones(3, 2))
+    torch.testing.assert_close(x, torch.ones(3, 2))

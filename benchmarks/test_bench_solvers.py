@@ -1,0 +1,64 @@
+"""Fixed-step loops against torchsde (euler + BrownianInterval) and torchdiffeq (rk4, fixed step).
+
+A cheap linear (Ornstein–Uhlenbeck) field, so the figures measure the integrators' own cost.
+Run: pytest benchmarks -k solvers --benchmark-only
+"""
+
+import pytest
+import torch
+
+import solvers
+
+torchsde = pytest.importorskip("torchsde")
+torchdiffeq = pytest.importorskip("torchdiffeq")
+
+CASES = [(10_000, 2, 100), (10_000, 64, 100), (100_000, 2, 100), (10_000, 2, 1000)]
+
+
+class OU(solvers.SDE):
+    noise_type = "diagonal"
+
+    def drift(self, t, x):
+        return -x
+
+    def diffusion(self, t, x):
+        return torch.full_like(x, 0.5)
+
+
+def field(t, x):
+    return -x
+
+
+def run(benchmark, fn):
+    benchmark.pedantic(fn, rounds=5, warmup_rounds=1, iterations=1)
+
+
+@pytest.mark.parametrize("n,d,steps", CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["ours", "torchsde"])
+def test_sde_euler(benchmark, impl, n, d, steps):
+    benchmark.group = f"sde euler N={n} D={d} steps={steps}"
+    x0 = torch.randn(n, d)
+    ts = torch.tensor([0.0, 1.0])
+    dt = 1.0 / steps
+    sde = OU()
+    if impl == "ours":
+        g = torch.Generator().manual_seed(0)
+        run(benchmark, lambda: solvers.sdeint(sde, x0, ts, dt=dt, generator=g, save="last"))
+    else:
+        def theirs():
+            bm = torchsde.BrownianInterval(t0=0.0, t1=1.0, size=x0.shape, dt=dt, entropy=0, levy_area_approximation="none")
+            return torchsde.sdeint(sde, x0, ts, method="euler", dt=dt, bm=bm)[-1]
+        run(benchmark, theirs)
+
+
+@pytest.mark.parametrize("n,d,steps", CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("impl", ["ours", "torchdiffeq"])
+def test_ode_rk4(benchmark, impl, n, d, steps):
+    benchmark.group = f"ode rk4 N={n} D={d} steps={steps}"
+    x0 = torch.randn(n, d)
+    ts = torch.tensor([0.0, 1.0])
+    grid = torch.linspace(0.0, 1.0, steps + 1)
+    if impl == "ours":
+        run(benchmark, lambda: solvers.odeint(field, x0, grid, method="rk4", save="last"))
+    else:
+        run(benchmark, lambda: torchdiffeq.odeint(field, x0, ts, method="rk4", options=dict(step_size=1.0 / steps))[-1])
