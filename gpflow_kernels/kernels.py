@@ -35,13 +35,12 @@ Tensor = torch.Tensor
 class Kernel:
     """A radial kernel profile φ(u), u = r²/σ² ≥ 0.
 
-    Subclasses implement :meth:`profile`. ``singular`` marks kernels whose
-    derivatives blow up at u = 0, where the reductions snap round-off-sized r²
-    to exactly zero so that coincident points feel no force.
+    Subclasses implement :meth:`profile`. Where a derivative blows up at u = 0 it must
+    return 0 there (coincident points feel no force); the reductions snap round-off-sized
+    r² to exactly zero so that this also holds when distances come from matrix products.
     """
 
     name: str = "kernel"
-    singular: bool = False
 
     def profile(self, u: Tensor, order: int) -> Tuple[Tensor, ...]:
         """Return (φ, φ', φ'')[: order + 1] evaluated at ``u`` (any shape).
@@ -104,7 +103,6 @@ class Laplace(Kernel):
     """k = exp(−r/σ) with r the Euclidean distance (not the L1 distance)."""
 
     name = "laplace"
-    singular = True
 
     def profile(self, u, order):
         s = torch.sqrt(u)
@@ -125,7 +123,6 @@ class Energy(Kernel):
     """k = −r/σ. With σ = 1 the biased MMD² is the energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'|."""
 
     name = "energy"
-    singular = True
 
     def profile(self, u, order):
         phi = -torch.sqrt(u)
@@ -174,8 +171,6 @@ class Polyharmonic(Kernel):
             self._sign = (-1.0) ** math.ceil(k / 2)
         else:
             self._sign = 1.0
-        # Singular derivatives at r = 0 unless the softening removes them or k is large enough.
-        self.singular = self.eps == 0 and k < 4
 
     @classmethod
     def from_penalty(cls, m: int, n: int, eps: float = 0.0) -> "Polyharmonic":

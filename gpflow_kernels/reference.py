@@ -39,8 +39,8 @@ EXACT_MAX_D = 8
 # tiling and geometry
 
 
-def _tiles(B: int, N: int, M: int) -> Iterator[Tuple[slice, slice, slice, bool]]:
-    """Yield (batch, row, col) slices covering B×N×M; the bool marks the last column tile."""
+def _tiles(B: int, N: int, M: int) -> Iterator[Tuple[slice, slice, slice]]:
+    """Yield (batch, row, col) slices covering B×N×M, each tile at most ~TILE_ELEMS entries."""
     mt = min(M, max(COL_TILE, TILE_ELEMS // max(N, 1)))
     nt = min(N, max(1, TILE_ELEMS // mt))
     bt = min(B, max(1, TILE_ELEMS // (nt * mt)))
@@ -49,7 +49,7 @@ def _tiles(B: int, N: int, M: int) -> Iterator[Tuple[slice, slice, slice, bool]]
         for i0 in range(0, N, nt):
             rs = slice(i0, min(N, i0 + nt))
             for j0 in range(0, M, mt):
-                yield bs, rs, slice(j0, min(M, j0 + mt)), j0 + mt >= M
+                yield bs, rs, slice(j0, min(M, j0 + mt))
 
 
 def _center(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
@@ -130,7 +130,7 @@ def integral(kernel: Kernel, x: Tensor, y: Tensor, v: Optional[Tensor], s2: Tens
     P = 1 if v is None else v.shape[-1]
     out = x.new_zeros(B, N, P)
     geo = _Geometry(x, y)
-    for bs, rs, cs, _ in _tiles(B, N, M):
+    for bs, rs, cs in _tiles(B, N, M):
         (K,) = _radial(kernel, geo.sqdist(x[bs, rs], y[bs, cs], bs, rs, cs), s2, 0, bs)
         if v is None:
             out[bs, rs] += K.sum(-1, keepdim=True)
@@ -154,7 +154,7 @@ def integral_backward(kernel, x, y, v, s2, g, needs) -> Tuple[Optional[Tensor], 
     gv = torch.zeros_like(v) if (need_v and v is not None) else None
     order = 1 if (need_x or need_y) else 0
     geo = _Geometry(x, y)
-    for bs, rs, cs, _ in _tiles(B, N, M):
+    for bs, rs, cs in _tiles(B, N, M):
         xt, yt, gt = x[bs, rs], y[bs, cs], g[bs, rs]
         terms = _radial(kernel, geo.sqdist(xt, yt, bs, rs, cs), s2, order, bs)
         if gv is not None:
@@ -180,7 +180,7 @@ def grad_sum(kernel: Kernel, x: Tensor, y: Tensor, a: Optional[Tensor], s2: Tens
     M = y.shape[1]
     out = torch.zeros_like(x)
     geo = _Geometry(x, y)
-    for bs, rs, cs, _ in _tiles(B, N, M):
+    for bs, rs, cs in _tiles(B, N, M):
         xt, yt = x[bs, rs], y[bs, cs]
         _, k1 = _radial(kernel, geo.sqdist(xt, yt, bs, rs, cs), s2, 1, bs)
         W = 2.0 * k1 if a is None else (2.0 * k1) * a[bs, None, cs]
@@ -204,7 +204,7 @@ def grad_sum_backward(kernel, x, y, a, s2, g, needs) -> Tuple[Optional[Tensor], 
     ga = torch.zeros_like(a) if (need_a and a is not None) else None
     order = 2 if (need_x or need_y) else 1
     geo = _Geometry(x, y)
-    for bs, rs, cs, _ in _tiles(B, N, M):
+    for bs, rs, cs in _tiles(B, N, M):
         xt, yt, gt = x[bs, rs], y[bs, cs], g[bs, rs]
         terms = _radial(kernel, geo.sqdist(xt, yt, bs, rs, cs), s2, order, bs)
         dg = geo.dot_diff(xt, yt, gt)
@@ -250,7 +250,7 @@ def softmax_mean(x: Tensor, y: Tensor, s2: Tensor) -> Tuple[Tensor, Tensor]:
     inv = (0.5 / s2).view(-1, 1, 1)
     mu = torch.zeros_like(xc)
     lse = xc.new_full((B, N), float("-inf"))
-    for bs, rs, cs, _ in _tiles(B, N, M):
+    for bs, rs, cs in _tiles(B, N, M):
         xt, yt = xc[bs, rs], yc[bs, cs]
         ell = _logits(geo, xt, yt, bs, rs, cs, inv[bs] if inv.shape[0] > 1 else inv)
         m_old = lse[bs, rs]
@@ -284,7 +284,7 @@ def softmax_mean_backward(x, y, s2, lse, mu, g, needs) -> Tuple[Optional[Tensor]
     gmu = (g * muc).sum(-1)  # (B, N)
     gx = torch.zeros_like(xc) if need_x else None
     gy = torch.zeros_like(yc) if need_y else None
-    for bs, rs, cs, _ in _tiles(B, N, M):
+    for bs, rs, cs in _tiles(B, N, M):
         xt, yt, gt = xc[bs, rs], yc[bs, cs], g[bs, rs]
         ib = inv[bs] if inv.shape[0] > 1 else inv
         sb = invs2[bs] if invs2.shape[0] > 1 else invs2
