@@ -6,7 +6,7 @@ integrals, KDE scores and denoisers, Stein fields, score-matching losses and NTK
 in tiled plain torch with memory O(N + M).
 """
 
-from . import kernels
+from . import kernels, ops
 from .kernels import Kernel, get_kernel
 from .losses import denoising_score_matching_loss, sliced_score_matching_loss
 from .ntk import empirical_ntk, ntk_smooth
@@ -22,14 +22,7 @@ from .ops import (
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "mmd_field",
-    "mmd2",
-    "kernel_integral",
-    "kde_score",
-    "kde_denoiser",
-    "svgd_field",
-    "median_bandwidth",
+__all__ = ops.__all__ + [
     "sliced_score_matching_loss",
     "denoising_score_matching_loss",
     "ntk_smooth",

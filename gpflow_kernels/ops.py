@@ -80,36 +80,30 @@ def _first_order_only(backward):
     return wrapped
 
 
-class _Integral(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, impl, kernel, s2, x, y, v):
+def _pair_function(name: str, forward: str, backward: str):
+    """An autograd node (impl, kernel, s2, x, y, w) -> impl.<forward>(kernel, x, y, w, s2).
+
+    Its backward runs impl.<backward>, another tiled reduction, for whichever of x, y, w need it.
+    """
+
+    def fwd(ctx, impl, kernel, s2, x, y, w):
         ctx.impl, ctx.kernel = impl, kernel
-        ctx.save_for_backward(s2, x, y, v)
-        return impl.integral(kernel, x, y, v, s2)
+        ctx.save_for_backward(s2, x, y, w)
+        return getattr(impl, forward)(kernel, x, y, w, s2)
 
-    @staticmethod
     @_first_order_only
-    def backward(ctx, g):
-        s2, x, y, v = ctx.saved_tensors
+    def bwd(ctx, g):
+        s2, x, y, w = ctx.saved_tensors
         needs = ctx.needs_input_grad[3:6]
-        gx, gy, gv = ctx.impl.integral_backward(ctx.kernel, x, y, v, s2, g.contiguous(), needs)
-        return None, None, None, gx, gy, gv
+        gx, gy, gw = getattr(ctx.impl, backward)(ctx.kernel, x, y, w, s2, g.contiguous(), needs)
+        return None, None, None, gx, gy, gw
+
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(fwd), "backward": staticmethod(bwd)})
 
 
-class _GradSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, impl, kernel, s2, x, y, a):
-        ctx.impl, ctx.kernel = impl, kernel
-        ctx.save_for_backward(s2, x, y, a)
-        return impl.grad_sum(kernel, x, y, a, s2)
-
-    @staticmethod
-    @_first_order_only
-    def backward(ctx, g):
-        s2, x, y, a = ctx.saved_tensors
-        needs = ctx.needs_input_grad[3:6]
-        gx, gy, ga = ctx.impl.grad_sum_backward(ctx.kernel, x, y, a, s2, g.contiguous(), needs)
-        return None, None, None, gx, gy, ga
+#: Σ_j k(x_i, y_j) v_j and Σ_j a_j ∇_x k(x_i, y_j), with their analytic backward passes.
+_Integral = _pair_function("_Integral", "integral", "integral_backward")
+_GradSum = _pair_function("_GradSum", "grad_sum", "grad_sum_backward")
 
 
 class _SoftmaxMean(torch.autograd.Function):

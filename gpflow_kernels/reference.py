@@ -113,6 +113,15 @@ def _radial(kernel: Kernel, r2: Tensor, s2: Tensor, order: int, bs: slice):
     return out
 
 
+def _backward_setup(x, y, w, needs):
+    """Centred x, y, their geometry, and zeroed gradient buffers for (x, y, w) where needed."""
+    x, y = _center(x, y)
+    bufs = tuple(
+        torch.zeros_like(t) if (need and t is not None) else None for t, need in zip((x, y, w), needs)
+    )
+    return x, y, _Geometry(x, y), bufs
+
+
 def _weighted_diff_sum(W: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
     """Σ_j W_ij (x_i − y_j): (b, n, D)."""
     return xt * W.sum(-1, keepdim=True) - torch.bmm(W, yt)
@@ -145,15 +154,9 @@ def integral_backward(kernel, x, y, v, s2, g, needs) -> Tuple[Optional[Tensor], 
     With W_ij = 2 k'_ij (g_i · v_j): grad x_i = Σ_j W_ij (x_i − y_j), grad y_j = −Σ_i W_ij (x_i − y_j),
     grad v_j = Σ_i k_ij g_i.
     """
-    need_x, need_y, need_v = needs
-    x, y = _center(x, y)
-    B, N, _ = x.shape
-    M = y.shape[1]
-    gx = torch.zeros_like(x) if need_x else None
-    gy = torch.zeros_like(y) if need_y else None
-    gv = torch.zeros_like(v) if (need_v and v is not None) else None
-    order = 1 if (need_x or need_y) else 0
-    geo = _Geometry(x, y)
+    x, y, geo, (gx, gy, gv) = _backward_setup(x, y, v, needs)
+    B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    order = 1 if (gx is not None or gy is not None) else 0
     for bs, rs, cs in _tiles(B, N, M):
         xt, yt, gt = x[bs, rs], y[bs, cs], g[bs, rs]
         terms = _radial(kernel, geo.sqdist(xt, yt, bs, rs, cs), s2, order, bs)
@@ -195,15 +198,9 @@ def grad_sum_backward(kernel, x, y, a, s2, g, needs) -> Tuple[Optional[Tensor], 
     C_ij = 4 k''_ij a_j (d_ij · g_i): grad x_i = g_i Σ_j A_ij + Σ_j C_ij d_ij,
     grad y_j = −Σ_i A_ij g_i − Σ_i C_ij d_ij, grad a_j = Σ_i 2 k'_ij (d_ij · g_i).
     """
-    need_x, need_y, need_a = needs
-    x, y = _center(x, y)
-    B, N, D = x.shape
-    M = y.shape[1]
-    gx = torch.zeros_like(x) if need_x else None
-    gy = torch.zeros_like(y) if need_y else None
-    ga = torch.zeros_like(a) if (need_a and a is not None) else None
-    order = 2 if (need_x or need_y) else 1
-    geo = _Geometry(x, y)
+    x, y, geo, (gx, gy, ga) = _backward_setup(x, y, a, needs)
+    B, N, M = x.shape[0], x.shape[1], y.shape[1]
+    order = 2 if (gx is not None or gy is not None) else 1
     for bs, rs, cs in _tiles(B, N, M):
         xt, yt, gt = x[bs, rs], y[bs, cs], g[bs, rs]
         terms = _radial(kernel, geo.sqdist(xt, yt, bs, rs, cs), s2, order, bs)
