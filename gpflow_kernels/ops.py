@@ -213,7 +213,7 @@ def mmd_field(
         _, x_ref = _checks.point_pair("x", x, "x_ref", x_ref)
     if weights is not None:
         weights = _checks.per_point("weights", weights, "y", y, trailing=None)
-        if bool((weights < 0).any()) or not bool((weights.sum(-1) > 0).all()):
+        if not _checks.capturing(weights) and (bool((weights < 0).any()) or not bool((weights.sum(-1) > 0).all())):
             raise ValueError("weights must be >= 0 with a positive sum over the M points of y")
     kern = get_kernel(kernel)
     impl = _impl(backend, x.device)

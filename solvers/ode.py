@@ -17,11 +17,17 @@ Tensor = torch.Tensor
 Field = Callable[[Tensor, Tensor], Tensor]
 
 
+def _axpy(x: Tensor, k: Tensor, a) -> Tensor:
+    """x + a k: one fused pass for a Python float a, plain tensor arithmetic for a 0-d tensor
+    (the compiled and graph-captured loops pass the step as a tensor so one graph serves all steps)."""
+    return x.add(k, alpha=a) if isinstance(a, float) else x + a * k
+
+
 class Method:
     """One explicit Runge–Kutta step. ``order``: global convergence order.
 
-    ``t0, t_half, t1`` are 0-d tensors (what the field receives); ``dt`` is a Python float so that
-    every update is a single fused ``add``/``add_`` pass with ``alpha=``.
+    ``t0, t_half, t1`` are 0-d tensors (what the field receives); ``dt`` is a Python float (every
+    update is then a single fused pass) or a 0-d tensor (compiled / CUDA-graph loops).
     """
 
     name = "method"
@@ -35,14 +41,14 @@ class Euler(Method):
     name, order = "euler", 1
 
     def step(self, field, t0, t_half, t1, dt, x):
-        return x.add(field(t0, x), alpha=dt)
+        return _axpy(x, field(t0, x), dt)
 
 
 class Midpoint(Method):
     name, order = "midpoint", 2
 
     def step(self, field, t0, t_half, t1, dt, x):
-        return x.add(field(t_half, x.add(field(t0, x), alpha=0.5 * dt)), alpha=dt)
+        return _axpy(x, field(t_half, _axpy(x, field(t0, x), 0.5 * dt)), dt)
 
 
 class Heun(Method):
@@ -52,8 +58,8 @@ class Heun(Method):
 
     def step(self, field, t0, t_half, t1, dt, x):
         k1 = field(t0, x)
-        k2 = field(t1, x.add(k1, alpha=dt))
-        return x.add(k1 + k2, alpha=0.5 * dt)
+        k2 = field(t1, _axpy(x, k1, dt))
+        return _axpy(x, k1 + k2, 0.5 * dt)
 
 
 class RK4(Method):
@@ -63,14 +69,14 @@ class RK4(Method):
 
     def step(self, field, t0, t_half, t1, dt, x):
         k1 = field(t0, x)
-        k2 = field(t_half, x.add(k1, alpha=0.5 * dt))
-        k3 = field(t_half, x.add(k2, alpha=0.5 * dt))
-        k4 = field(t1, x.add(k3, alpha=dt))
+        k2 = field(t_half, _axpy(x, k1, 0.5 * dt))
+        k3 = field(t_half, _axpy(x, k2, 0.5 * dt))
+        k4 = field(t1, _axpy(x, k3, dt))
         # One fresh buffer accumulated in place (never the k's: a field may return a tensor it keeps).
         acc = torch.add(k2, k3)
         if torch.is_grad_enabled() and acc.requires_grad:
-            return x.add(acc * 2.0 + k1 + k4, alpha=dt / 6.0)
-        return x.add(acc.mul_(2.0).add_(k1).add_(k4), alpha=dt / 6.0)
+            return _axpy(x, acc * 2.0 + k1 + k4, dt / 6.0)
+        return _axpy(x, acc.mul_(2.0).add_(k1).add_(k4), dt / 6.0)
 
 
 ODE_METHODS = {m.name: m() for m in (Euler, Midpoint, Heun, RK4)}
@@ -85,6 +91,8 @@ def odeint(
     save: str = "all",
     callback: Optional[Callable[[int, Tensor, Tensor], None]] = None,
     check_finite: bool = True,
+    compile: bool = False,
+    cuda_graph: bool = False,
 ) -> Tensor:
     """Integrate dx/dt = field(t, x) over the grid ``ts`` with one step per interval.
 
@@ -95,6 +103,11 @@ def odeint(
         save: "all" returns (len(ts), *x0.shape) with x0 first; "last" returns the final state.
         callback: called as callback(step, t, x) after every step.
         check_finite: stop with ``NonFiniteError`` naming the step when particles turn non-finite.
+        compile: ``torch.compile`` one step (field included) once, with the times and step size
+            as tensor inputs, and reuse it for every step. The first call pays the compile time.
+        cuda_graph: on CUDA, capture one step in a CUDA graph and replay it (no per-step launch
+            overhead). The field must be capturable: no host syncs, no data-dependent shapes, no
+            CPU tensors. Finiteness is then checked at the saved states, not at every step.
     """
     x = _checks.state(x0)
     ts = _checks.times(ts, x)
@@ -102,17 +115,31 @@ def odeint(
     _checks.save_mode(save)
     if not callable(field):
         raise TypeError(f"field must be callable as field(t, x), got {type(field).__name__}")
+    if cuda_graph and x.device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs particles on a CUDA device, got x0 on {x.device}")
+    if cuda_graph and compile:
+        raise ValueError("choose one of compile=True and cuda_graph=True")
     _checks.field_output(field(ts[0], x), x, "field")  # one probe call: shape errors name the field
     n = ts.numel() - 1
     # Per-step constants prepared once: no tensor indexing or host syncs inside the loop.
-    dts = (ts[1:] - ts[:-1]).tolist()
     t_at = list(ts.unbind())
     halves = list((ts[:-1] + 0.5 * (ts[1:] - ts[:-1])).unbind())
+    if compile or cuda_graph:
+        dts = list((ts[1:] - ts[:-1]).unbind())
+    else:
+        dts = (ts[1:] - ts[:-1]).tolist()
     out = x.new_empty((n + 1,) + tuple(x.shape)) if save == "all" else None
     if out is not None:
         out[0] = x
+    if cuda_graph:
+        return _graph_loop(field, m, x, t_at, halves, dts, out, callback, check_finite)
+
+    def one_step(t0, th, t1, dt, x):
+        return m.step(field, t0, th, t1, dt, x)
+
+    step = torch.compile(one_step, dynamic=False) if compile else one_step
     for i in range(n):
-        x = m.step(field, t_at[i], halves[i], t_at[i + 1], dts[i], x)
+        x = step(t_at[i], halves[i], t_at[i + 1], dts[i], x)
         if check_finite:
             _checks.finite_after(x, i + 1, t_at[i + 1])
         if out is not None:
@@ -120,3 +147,41 @@ def odeint(
         if callback is not None:
             callback(i + 1, t_at[i + 1], x)
     return out if out is not None else x
+
+
+def _graph_loop(field, m, x, t_at, halves, dts, out, callback, check_finite):
+    """Capture one step in a CUDA graph (static input buffers), then replay it per step."""
+    static = {"t0": t_at[0].clone(), "th": halves[0].clone(), "t1": t_at[1].clone(), "dt": dts[0].clone(), "x": x.clone()}
+
+    def run():
+        return m.step(field, static["t0"], static["th"], static["t1"], static["dt"], static["x"])
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the graph (allocator, lazy init)
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = run()
+    for i in range(len(dts)):
+        static["t0"].copy_(t_at[i])
+        static["th"].copy_(halves[i])
+        static["t1"].copy_(t_at[i + 1])
+        static["dt"].copy_(dts[i])
+        graph.replay()
+        static["x"].copy_(static_out)
+        if out is not None:
+            out[i + 1].copy_(static_out)
+        if callback is not None:
+            callback(i + 1, t_at[i + 1], static["x"])
+    last = static["x"].clone()
+    if check_finite:
+        states = out if out is not None else last.unsqueeze(0)
+        bad = (~torch.isfinite(states.flatten(1))).any(1).nonzero()
+        if bad.numel():
+            k = int(bad[0])
+            raise _checks.NonFiniteError(f"particles became non-finite by step {k} (t = {float(t_at[k]):.6g}); "
+                                         "with cuda_graph=True finiteness is checked at the saved states")
+    return out if out is not None else last

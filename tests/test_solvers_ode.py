@@ -147,3 +147,29 @@ def test_a_field_returning_a_kept_tensor_is_not_modified(method):
     x = odeint(lambda t, x: const, torch.zeros(3, 2), torch.linspace(0, 1, 5), method=method, save="last")
     torch.testing.assert_close(const, torch.ones(3, 2))
     torch.testing.assert_close(x, torch.ones(3, 2))
+
+
+def test_compiled_loop_matches_the_eager_loop():
+    # One torch.compile of the step serves every step of a non-uniform grid (times are inputs).
+    field = lambda t, x: -2 * x + torch.cos(t)
+    x0 = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ts = solvers.karras_sigmas(12, 0.01, 2.0, append_zero=False).flip(0)
+    eager = odeint(field, x0, ts, method="rk4")
+    compiled = odeint(field, x0, ts, method="rk4", compile=True)
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph capture needs a CUDA device (none on CI)")
+@pytest.mark.parametrize("method", ["euler", "heun", "rk4"])
+def test_cuda_graph_loop_matches_the_eager_loop(method):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    data = torch.randn(64, 2, device="cuda", generator=g) + 1
+    field = solvers.MMDFlow(data, bandwidth=1.0)
+    x0 = torch.randn(128, 2, device="cuda", generator=g)
+    ts = torch.linspace(0, 5, 21, device="cuda")
+    torch.testing.assert_close(odeint(field, x0, ts, method=method, cuda_graph=True), odeint(field, x0, ts, method=method), rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_graph_needs_cuda_tensors():
+    with pytest.raises(ValueError, match="cuda_graph=True needs particles on a CUDA device"):
+        odeint(lambda t, x: -x, torch.ones(3, 2), torch.linspace(0, 1, 3), cuda_graph=True)
