@@ -9,6 +9,7 @@ not themselves differentiable (double backward raises).
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Optional, Union
 
@@ -35,15 +36,41 @@ __all__ = [
 # dispatch
 
 
-def _impl(backend: str, device: torch.device) -> ModuleType:
-    """The module implementing the primitive reductions for ``backend`` on ``device``."""
+def _triton_module():
+    try:
+        from . import _triton
+    except ImportError as e:  # triton missing or broken
+        return None, e
+    return _triton, None
+
+
+def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleType:
+    """The module implementing the primitive reductions for ``backend`` on x's device.
+
+    "auto": the fused Triton kernels for CUDA tensors when triton imports and the kernel and D
+    are supported, else the tiled torch reference (always on the CPU). "triton" insists.
+    """
     _checks.backend(backend)
-    if backend in ("auto", "torch"):
+    if backend == "torch" or (backend == "auto" and not x.is_cuda):
         return reference
-    raise ValueError(
-        f"backend={backend!r} is not available in this build of gpflow_kernels (only the plain-torch "
-        f"backend is); use backend='torch' or 'auto'"
-    )
+    if backend == "cuda":
+        raise ValueError(
+            "backend='cuda' is not available in this build of gpflow_kernels (the csrc/ extension is not "
+            "built yet); use backend='triton', 'torch' or 'auto'"
+        )
+    mod, err = _triton_module()
+    supported = mod is not None and x.shape[-1] <= mod.MAX_D and (kernel is None or type(kernel).__module__ == "gpflow_kernels.kernels")
+    if backend == "auto":
+        return mod if supported else reference
+    if mod is None:
+        raise ValueError(f"backend='triton' needs the triton package, which failed to import: {err}")
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        raise ValueError(f"backend='triton' needs CUDA tensors (x is on {x.device}); set TRITON_INTERPRET=1 to run it on the CPU for testing")
+    if x.shape[-1] > mod.MAX_D:
+        raise ValueError(f"backend='triton' takes point dimension D <= {mod.MAX_D}, got x with shape {tuple(x.shape)}; use backend='torch'")
+    if not supported:
+        raise ValueError(f"backend='triton' has no fused kernel for {kernel!r} (a custom Kernel); use backend='torch'")
+    return mod
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -172,7 +199,7 @@ def kernel_integral(
             v = _checks.per_point("v", v, "y", y, trailing=None)
             v = v.unsqueeze(-1)
     kern = get_kernel(kernel)
-    impl = _impl(backend, x.device)
+    impl = _impl(backend, x, kern)
     cd = _compute_dtype(x.dtype)
     xf, yf = _flat(x, 2, cd), _flat(y, 2, cd)
     s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
@@ -216,7 +243,7 @@ def mmd_field(
         if not _checks.capturing(weights) and (bool((weights < 0).any()) or not bool((weights.sum(-1) > 0).all())):
             raise ValueError("weights must be >= 0 with a positive sum over the M points of y")
     kern = get_kernel(kernel)
-    impl = _impl(backend, x.device)
+    impl = _impl(backend, x, kern)
     cd = _compute_dtype(x.dtype)
     xf, yf = _flat(x, 2, cd), _flat(y, 2, cd)
     rf = xf if x_ref is None else _flat(x_ref, 2, cd)
@@ -253,7 +280,7 @@ def mmd2(
     if unbiased and (N < 2 or M < 2):
         raise ValueError(f"the unbiased MMD² needs at least 2 points in each set, got x {tuple(x.shape)}, y {tuple(y.shape)}")
     kern = get_kernel(kernel)
-    impl = _impl(backend, x.device)
+    impl = _impl(backend, x, kern)
     cd = _compute_dtype(x.dtype)
     xf, yf = _flat(x, 2, cd), _flat(y, 2, cd)
     s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
@@ -273,7 +300,7 @@ def mmd2(
 def _kde_prepare(x, y, bandwidth, backend):
     x, y = _checks.point_pair("x", x, "y", y)
     _bandwidth.single(bandwidth)
-    impl = _impl(backend, x.device)
+    impl = _impl(backend, x)
     cd = _compute_dtype(x.dtype)
     xf, yf = _flat(x, 2, cd), _flat(y, 2, cd)
     s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
@@ -318,7 +345,7 @@ def svgd_field(
     x = _checks.points("x", x)
     score = _checks.per_point("score", score, "x", x, trailing=x.shape[-1])
     kern = get_kernel(kernel)
-    impl = _impl(backend, x.device)
+    impl = _impl(backend, x, kern)
     cd = _compute_dtype(x.dtype)
     xf, sf = _flat(x, 2, cd), _flat(score, 2, cd)
     N = xf.shape[1]

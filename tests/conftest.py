@@ -1,6 +1,14 @@
+import os
+
+import torch
+
+# The Triton kernels are tested on the CPU through Triton's interpreter when there is no GPU.
+# It must be chosen before any @triton.jit function is created, hence here, first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import numpy as np
 import pytest
-import torch
 
 from gpflow_kernels import reference
 

@@ -1,0 +1,175 @@
+"""Shared Triton pieces: kernel codes, distance tiles, radial profiles, launch settings.
+
+Every kernel here works on one batch element per program column (grid axis 1) and a block of
+BN query rows per program (axis 0), looping over the sources in blocks of BM: the N×M kernel
+matrix never leaves registers. Inputs are contiguous (B, N, D) in float32 or float64, already
+centred by the launcher; accumulation is in the input dtype.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..kernels import IMQ, Energy, Gaussian, Kernel, Laplace, Polyharmonic
+
+LOG2E = 1.4426950408889634
+#: Up to this dimension distances come from exact differences; above it from tl.dot.
+EXACT_MAX_D = 16
+#: Largest point dimension the Triton kernels take (the feature row lives in registers).
+MAX_D = 512
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernel_code(kernel: Kernel):
+    """(KIND, c, h, eps²) for the jit profile: the polyharmonic parameters ride as runtime floats."""
+    if type(kernel) is Gaussian:
+        return 0, 0.0, 0.0, 0.0
+    if type(kernel) is IMQ:
+        return 1, 0.0, 0.0, 0.0
+    if type(kernel) is Laplace:
+        return 2, 0.0, 0.0, 0.0
+    if type(kernel) is Energy:
+        return 3, 0.0, 0.0, 0.0
+    if type(kernel) is Polyharmonic:
+        if kernel._even:
+            return 5, kernel._sign, float(round(kernel.order)) / 2.0, kernel.eps**2
+        return 4, kernel._sign, 0.5 * kernel.order, kernel.eps**2
+    raise ValueError(f"the triton backend has no kernel {kernel!r}; use backend='torch'")
+
+
+def pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+def acc_dtype(t: torch.Tensor):
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def configs():
+    """Block shapes to autotune over (one small shape under the interpreter, where tuning is moot)."""
+    if INTERPRET:
+        return [triton.Config({"BN": 16, "BM": 16}, num_warps=1)]
+    return [
+        triton.Config({"BN": bn, "BM": bm}, num_warps=w, num_stages=s)
+        for bn, bm, w, s in [(32, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 8, 3), (128, 128, 8, 2)]
+    ]
+
+
+@triton.jit
+def profile(u, KIND: tl.constexpr, pc, ph, peps2):
+    """(φ, φ', φ'') of the radial profile at u = r²/σ² (see gpflow_kernels.kernels)."""
+    zero = tl.zeros_like(u)
+    if KIND == 0:
+        phi = tl.exp2(u * (-0.5 * 1.4426950408889634))
+        d1 = -0.5 * phi
+        d2 = 0.25 * phi
+    elif KIND == 1:
+        w = 1.0 / tl.sqrt(1.0 + u)
+        phi = w
+        d1 = -0.5 * w * w * w
+        d2 = 0.75 * w * w * w * w * w
+    elif KIND == 2:
+        pos = u > 0
+        us = tl.where(pos, u, 1.0)
+        ss = tl.sqrt(us)
+        e = tl.exp(-ss)
+        phi = tl.where(pos, e, 1.0)
+        d1 = tl.where(pos, -e / (2.0 * ss), zero)
+        d2 = tl.where(pos, e * (1.0 / (4.0 * us) + 1.0 / (4.0 * us * ss)), zero)
+    elif KIND == 3:
+        pos = u > 0
+        us = tl.where(pos, u, 1.0)
+        ss = tl.sqrt(us)
+        phi = tl.where(pos, -ss, zero)
+        d1 = tl.where(pos, -0.5 / ss, zero)
+        d2 = tl.where(pos, 0.25 / (us * ss), zero)
+    elif KIND == 4:
+        w = u + peps2
+        pos = w > 0
+        lw = tl.log(tl.where(pos, w, 1.0))
+        phi = tl.where(pos, pc * tl.exp(ph * lw), zero)
+        d1 = tl.where(pos, pc * ph * tl.exp((ph - 1.0) * lw), zero)
+        d2 = tl.where(pos, pc * ph * (ph - 1.0) * tl.exp((ph - 2.0) * lw), zero)
+    else:
+        w = u + peps2
+        pos = w > 0
+        lw = tl.log(tl.where(pos, w, 1.0))
+        phi = tl.where(pos, 0.5 * pc * tl.exp(ph * lw) * lw, zero)
+        d1 = tl.where(pos, 0.5 * pc * tl.exp((ph - 1.0) * lw) * (ph * lw + 1.0), zero)
+        d2 = tl.where(pos, 0.5 * pc * tl.exp((ph - 2.0) * lw) * (ph * (ph - 1.0) * lw + 2.0 * ph - 1.0), zero)
+    return phi, d1, d2
+
+
+@triton.jit
+def radial(r2, inv_ptr, K, KIND: tl.constexpr, pc, ph, peps2):
+    """Σ over the K bandwidths of (k, dk/dr², d²k/d(r²)²); inv_ptr holds 1/σ² for this batch."""
+    k0 = tl.zeros_like(r2)
+    k1 = tl.zeros_like(r2)
+    k2 = tl.zeros_like(r2)
+    for kb in range(K):
+        inv = tl.load(inv_ptr + kb)
+        phi, d1, d2 = profile(r2 * inv, KIND, pc, ph, peps2)
+        k0 += phi
+        k1 += d1 * inv
+        k2 += d2 * inv * inv
+    return k0, k1, k2
+
+
+@triton.jit
+def sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D: tl.constexpr, EXACT: tl.constexpr):
+    """r² tile (BN, BM): exact differences column by column, or |q|² + |s|² − 2 q·s (snapped to 0
+    below round-off) from the (BN, BD) and (BM, BD) tiles already loaded."""
+    if EXACT:
+        r2 = tl.zeros((rows.shape[0], cols.shape[0]), dtype=qt.dtype)
+        for d in tl.static_range(D):
+            qd = tl.load(q_ptr + rows * D + d, mask=rmask, other=0.0)
+            sd = tl.load(s_ptr + cols * D + d, mask=cmask, other=0.0)
+            diff = qd[:, None] - sd[None, :]
+            r2 += diff * diff
+    else:
+        qq = tl.sum(qt * qt, 1)
+        ss = tl.sum(st * st, 1)
+        base = qq[:, None] + ss[None, :]
+        r2 = base - 2.0 * tl.dot(qt, tl.trans(st), input_precision="ieee")
+        r2 = tl.where(r2 <= tol * base, 0.0, r2)
+    return r2
+
+
+@triton.jit
+def dot_diff(q_ptr, s_ptr, g_ptr, rows, cols, rmask, cmask, qt, st, gt, D: tl.constexpr, EXACT: tl.constexpr, G_ON_ROWS: tl.constexpr):
+    """(q_i − s_j)·g with g attached to the rows (g_i) or to the columns (g_j): (BN, BM)."""
+    if EXACT:
+        out = tl.zeros((rows.shape[0], cols.shape[0]), dtype=qt.dtype)
+        for d in tl.static_range(D):
+            qd = tl.load(q_ptr + rows * D + d, mask=rmask, other=0.0)
+            sd = tl.load(s_ptr + cols * D + d, mask=cmask, other=0.0)
+            if G_ON_ROWS:
+                gd = tl.load(g_ptr + rows * D + d, mask=rmask, other=0.0)
+                out += (qd[:, None] - sd[None, :]) * gd[:, None]
+            else:
+                gd = tl.load(g_ptr + cols * D + d, mask=cmask, other=0.0)
+                out += (qd[:, None] - sd[None, :]) * gd[None, :]
+    else:
+        if G_ON_ROWS:
+            out = tl.sum(qt * gt, 1)[:, None] - tl.dot(gt, tl.trans(st), input_precision="ieee")
+        else:
+            out = tl.dot(qt, tl.trans(gt), input_precision="ieee") - tl.sum(st * gt, 1)[None, :]
+    return out
+
+
+@triton.jit
+def load_rows(ptr, idx, imask, width, BW: tl.constexpr):
+    """A (len(idx), BW) tile of a row-major (·, width) array, zero outside."""
+    c = tl.arange(0, BW)
+    return tl.load(ptr + idx[:, None] * width + c[None, :], mask=imask[:, None] & (c[None, :] < width), other=0.0)
+
+
+@triton.jit
+def store_rows(ptr, idx, imask, width, val, BW: tl.constexpr):
+    c = tl.arange(0, BW)
+    tl.store(ptr + idx[:, None] * width + c[None, :], val, mask=imask[:, None] & (c[None, :] < width))

@@ -1,0 +1,166 @@
+"""Fused Triton kernels for the Gaussian soft assignment μ_i = Σ_j softmax_j(−|x_i − y_j|²/(2σ²)) y_j.
+
+Flash-attention style: an online log-sum-exp in base 2 (exp2 with the constant log2(e)/(2σ²)
+folded in), so tiny bandwidths neither underflow nor overflow. For D > 16 the logits are
+(x·y − |y|²/2)/σ² (the row constant −|x|²/(2σ²) dropped, which softmax ignores) from tl.dot.
+``lse`` is kept in base-2 units in that same convention; only this backend's backward reads it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import EXACT_MAX_D, acc_dtype, configs, load_rows, pow2, sqdist, store_rows
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D: tl.constexpr, EXACT: tl.constexpr, ROWS_ARE_X: tl.constexpr):
+    """Base-2 logits ℓ_ij·log2(e) for x rows i and y columns j (or the transpose when not ROWS_ARE_X)."""
+    if EXACT:
+        out = -c2 * sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, 0.0, D, EXACT)
+    else:
+        qs = tl.dot(qt, tl.trans(st), input_precision="ieee")
+        if ROWS_ARE_X:
+            out = (2.0 * c2) * (qs - 0.5 * tl.sum(st * st, 1)[None, :])
+        else:
+            out = (2.0 * c2) * (qs - 0.5 * tl.sum(qt * qt, 1)[:, None])
+    return out
+
+
+@triton.autotune(configs=configs(), key=["N", "M"])
+@triton.jit
+def _kde_fwd(q_ptr, s_ptr, inv_ptr, mu_ptr, lse_ptr, N, M, inv_bs,
+             D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    b = tl.program_id(1)
+    q_ptr += b * N * D
+    s_ptr += b * M * D
+    mu_ptr += b * N * D
+    lse_ptr += b * N
+    c2 = tl.load(inv_ptr + b * inv_bs) * (0.5 * 1.4426950408889634)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    rmask = rows < N
+    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    m = tl.full((BN,), float("-inf"), dtype=ACC)
+    l = tl.zeros((BN,), dtype=ACC)
+    acc = tl.zeros((BN, BD), dtype=ACC)
+    for j0 in range(0, M, BM):
+        cols = j0 + tl.arange(0, BM)
+        cmask = cols < M
+        st = load_rows(s_ptr, cols, cmask, D, BD)
+        ell = _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, True)
+        ell = tl.where(cmask[None, :], ell, float("-inf"))
+        m_new = tl.maximum(m, tl.max(ell, 1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(ell - m_new[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p, st, input_precision="ieee")
+        m = m_new
+    store_rows(mu_ptr, rows, rmask, D, acc / l[:, None], BD)
+    tl.store(lse_ptr + rows, m + tl.log2(l), mask=rmask)
+
+
+@triton.autotune(configs=configs(), key=["N", "M"])
+@triton.jit
+def _kde_bwd_x(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv_bs,
+               D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    """grad x_i = Σ_j c_ij y_j / σ², c_ij = p_ij (g_i·y_j − g_i·μ_i)."""
+    b = tl.program_id(1)
+    q_ptr += b * N * D
+    s_ptr += b * M * D
+    g_ptr += b * N * D
+    mu_ptr += b * N * D
+    lse_ptr += b * N
+    out_ptr += b * N * D
+    inv = tl.load(inv_ptr + b * inv_bs)
+    c2 = inv * (0.5 * 1.4426950408889634)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    rmask = rows < N
+    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    gt = load_rows(g_ptr, rows, rmask, D, BD)
+    gmu = tl.sum(gt * load_rows(mu_ptr, rows, rmask, D, BD), 1)
+    lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+    acc = tl.zeros((BN, BD), dtype=ACC)
+    for j0 in range(0, M, BM):
+        cols = j0 + tl.arange(0, BM)
+        cmask = cols < M
+        st = load_rows(s_ptr, cols, cmask, D, BD)
+        ell = _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, True)
+        p = tl.where(cmask[None, :], tl.exp2(ell - lse[:, None]), 0.0)
+        c = p * (tl.dot(gt, tl.trans(st), input_precision="ieee") - gmu[:, None])
+        acc += tl.dot(c, st, input_precision="ieee")
+    store_rows(out_ptr, rows, rmask, D, acc * inv, BD)
+
+
+@triton.autotune(configs=configs(), key=["N", "M"])
+@triton.jit
+def _kde_bwd_y(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv_bs,
+               D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    """grad y_j = Σ_i p_ij g_i + Σ_i c_ij (x_i − y_j) / σ². Rows are y (q), columns are x (s)."""
+    b = tl.program_id(1)
+    q_ptr += b * N * D
+    s_ptr += b * M * D
+    g_ptr += b * M * D
+    mu_ptr += b * M * D
+    lse_ptr += b * M
+    out_ptr += b * N * D
+    inv = tl.load(inv_ptr + b * inv_bs)
+    c2 = inv * (0.5 * 1.4426950408889634)
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    rmask = rows < N
+    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    pg = tl.zeros((BN, BD), dtype=ACC)
+    cx = tl.zeros((BN, BD), dtype=ACC)
+    csum = tl.zeros((BN,), dtype=ACC)
+    for j0 in range(0, M, BM):
+        cols = j0 + tl.arange(0, BM)
+        cmask = cols < M
+        st = load_rows(s_ptr, cols, cmask, D, BD)
+        gt = load_rows(g_ptr, cols, cmask, D, BD)
+        gmu = tl.sum(gt * load_rows(mu_ptr, cols, cmask, D, BD), 1)
+        lse = tl.load(lse_ptr + cols, mask=cmask, other=0.0)
+        ell = _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, False)
+        p = tl.where(cmask[None, :], tl.exp2(ell - lse[None, :]), 0.0)
+        c = p * (tl.dot(qt, tl.trans(gt), input_precision="ieee") - gmu[None, :])
+        pg += tl.dot(p, gt, input_precision="ieee")
+        cx += tl.dot(c, st, input_precision="ieee")
+        csum += tl.sum(c, 1)
+    store_rows(out_ptr, rows, rmask, D, pg + (cx - qt * csum[:, None]) * inv, BD)
+
+
+def _setup(x, y, s2):
+    shift = y.mean(dim=1, keepdim=True)
+    inv = (1.0 / s2).reshape(-1).contiguous()
+    D = x.shape[-1]
+    kw = dict(inv_bs=1 if inv.numel() > 1 else 0, D=D, BD=pow2(D), EXACT=D <= EXACT_MAX_D, ACC=acc_dtype(x))
+    return shift, (x - shift).contiguous(), (y - shift).contiguous(), inv, kw
+
+
+def softmax_mean(x, y, s2):
+    shift, xc, yc, inv, kw = _setup(x, y, s2)
+    B, N, D = xc.shape
+    M = yc.shape[1]
+    mu = torch.empty_like(xc)
+    lse = xc.new_empty(B, N)
+    _kde_fwd[lambda meta: (triton.cdiv(N, meta["BN"]), B)](xc, yc, inv, mu, lse, N, M, **kw)
+    return mu + shift, lse
+
+
+def softmax_mean_backward(x, y, s2, lse, mu, g, needs):
+    need_x, need_y = needs
+    shift, xc, yc, inv, kw = _setup(x, y, s2)
+    muc = (mu - shift).contiguous()
+    g = g.contiguous()
+    B, N, D = xc.shape
+    M = yc.shape[1]
+    gx = gy = None
+    if need_x:
+        gx = torch.empty_like(xc)
+        _kde_bwd_x[lambda meta: (triton.cdiv(N, meta["BN"]), B)](xc, yc, g, muc, lse, inv, gx, N, M, **kw)
+    if need_y:
+        gy = torch.empty_like(yc)
+        _kde_bwd_y[lambda meta: (triton.cdiv(M, meta["BN"]), B)](yc, xc, g, muc, lse, inv, gy, M, N, **kw)
+    return gx, gy

@@ -1,0 +1,247 @@
+"""Fused Triton kernels for the kernel integral and the gradient sum, forward and backward.
+
+Launchers take the reference's arguments (see gpflow_kernels.reference) and return the same
+results; each output is written once (no atomics), so column reductions (gradients with respect
+to y and its weights) run the row kernel again with the roles of x and y swapped.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import EXACT_MAX_D, acc_dtype, configs, dot_diff, kernel_code, load_rows, pow2, radial, sqdist, store_rows
+
+KEY = ["N", "M", "K"]
+
+
+@triton.autotune(configs=configs(), key=KEY)
+@triton.jit
+def _integral_kernel(q_ptr, s_ptr, v_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, tol, pc, ph, peps2,
+                     D: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr, EXACT: tl.constexpr,
+                     KIND: tl.constexpr, HAS_V: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    """out_i = Σ_j k(q_i, s_j) v_j   (v = ones when not HAS_V)."""
+    b = tl.program_id(1)
+    q_ptr += b * N * D
+    s_ptr += b * M * D
+    v_ptr += b * M * P
+    out_ptr += b * N * P
+    inv_ptr += b * inv_bs
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    rmask = rows < N
+    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    acc = tl.zeros((BN, BP), dtype=ACC)
+    for j0 in range(0, M, BM):
+        cols = j0 + tl.arange(0, BM)
+        cmask = cols < M
+        st = load_rows(s_ptr, cols, cmask, D, BD)
+        r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT)
+        k0, k1, k2 = radial(r2, inv_ptr, K, KIND, pc, ph, peps2)
+        k0 = tl.where(cmask[None, :], k0, 0.0)
+        if HAS_V:
+            acc += tl.dot(k0, load_rows(v_ptr, cols, cmask, P, BP), input_precision="ieee")
+        else:
+            acc += tl.sum(k0, 1)[:, None]
+    store_rows(out_ptr, rows, rmask, P, acc, BP)
+
+
+@triton.autotune(configs=configs(), key=KEY)
+@triton.jit
+def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, tol, pc, ph, peps2,
+                  D: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr, EXACT: tl.constexpr, KIND: tl.constexpr,
+                  HAS_A: tl.constexpr, HAS_UW: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    """out_i = Σ_j W_ij (q_i − s_j) with W_ij = 2 k'_ij · a_j · (u_i · w_j)  (factors where present).
+
+    a_j: grad_sum's source weights; (u_i · w_j): the integral backward's g_i · v_j.
+    """
+    b = tl.program_id(1)
+    q_ptr += b * N * D
+    s_ptr += b * M * D
+    a_ptr += b * M
+    u_ptr += b * N * P
+    w_ptr += b * M * P
+    out_ptr += b * N * D
+    inv_ptr += b * inv_bs
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    rmask = rows < N
+    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    if HAS_UW:
+        ut = load_rows(u_ptr, rows, rmask, P, BP)
+    wsum = tl.zeros((BN,), dtype=ACC)
+    wy = tl.zeros((BN, BD), dtype=ACC)
+    for j0 in range(0, M, BM):
+        cols = j0 + tl.arange(0, BM)
+        cmask = cols < M
+        st = load_rows(s_ptr, cols, cmask, D, BD)
+        r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT)
+        k0, k1, k2 = radial(r2, inv_ptr, K, KIND, pc, ph, peps2)
+        W = 2.0 * k1
+        if HAS_A:
+            W = W * tl.load(a_ptr + cols, mask=cmask, other=0.0)[None, :]
+        if HAS_UW:
+            W = W * tl.dot(ut, tl.trans(load_rows(w_ptr, cols, cmask, P, BP)), input_precision="ieee")
+        W = tl.where(cmask[None, :], W, 0.0)
+        wsum += tl.sum(W, 1)
+        wy += tl.dot(W, st, input_precision="ieee")
+    store_rows(out_ptr, rows, rmask, D, qt * wsum[:, None] - wy, BD)
+
+
+@triton.autotune(configs=configs(), key=KEY)
+@triton.jit
+def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M, K, inv_bs, tol, pc, ph, peps2,
+                    D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, KIND: tl.constexpr, HAS_A: tl.constexpr,
+                    G_ON_ROWS: tl.constexpr, WANT_A: tl.constexpr, ACC: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    """Backward of grad_sum. With A = 2k', C = 4k'' ((q_i − s_j)·g):
+
+    G_ON_ROWS (gradient w.r.t. x; q = x, s = y, a on s, g = g_i):
+        out_i = g_i Σ_j a_j A_ij + Σ_j a_j C_ij (q_i − s_j)
+    else (gradient w.r.t. y; q = y, s = x, a on q, g = g_j):
+        out_i = −a_i [Σ_j A_ij g_j + Σ_j C_ij (q_i − s_j)],   outa_i = −Σ_j A_ij ((q_i − s_j)·g_j)
+    """
+    b = tl.program_id(1)
+    q_ptr += b * N * D
+    s_ptr += b * M * D
+    g_ptr += b * (N if G_ON_ROWS else M) * D
+    a_ptr += b * (M if G_ON_ROWS else N)
+    out_ptr += b * N * D
+    outa_ptr += b * N
+    inv_ptr += b * inv_bs
+    rows = tl.program_id(0) * BN + tl.arange(0, BN)
+    rmask = rows < N
+    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    if G_ON_ROWS:
+        gq = load_rows(g_ptr, rows, rmask, D, BD)
+    asum = tl.zeros((BN,), dtype=ACC)
+    csum = tl.zeros((BN,), dtype=ACC)
+    cy = tl.zeros((BN, BD), dtype=ACC)
+    ag = tl.zeros((BN, BD), dtype=ACC)
+    gsum = tl.zeros((BN,), dtype=ACC)
+    for j0 in range(0, M, BM):
+        cols = j0 + tl.arange(0, BM)
+        cmask = cols < M
+        st = load_rows(s_ptr, cols, cmask, D, BD)
+        if G_ON_ROWS:
+            gt = gq
+        else:
+            gt = load_rows(g_ptr, cols, cmask, D, BD)
+        r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT)
+        k0, k1, k2 = radial(r2, inv_ptr, K, KIND, pc, ph, peps2)
+        dg = dot_diff(q_ptr, s_ptr, g_ptr, rows, cols, rmask, cmask, qt, st, gt, D, EXACT, G_ON_ROWS)
+        A = 2.0 * k1
+        C = 4.0 * k2 * dg
+        if G_ON_ROWS:
+            if HAS_A:
+                at = tl.load(a_ptr + cols, mask=cmask, other=0.0)[None, :]
+                A = A * at
+                C = C * at
+        A = tl.where(cmask[None, :], A, 0.0)
+        C = tl.where(cmask[None, :], C, 0.0)
+        csum += tl.sum(C, 1)
+        cy += tl.dot(C, st, input_precision="ieee")
+        if G_ON_ROWS:
+            asum += tl.sum(A, 1)
+        else:
+            ag += tl.dot(A, gt, input_precision="ieee")
+            if WANT_A:
+                gsum += tl.sum(A * dg, 1)
+    if G_ON_ROWS:
+        store_rows(out_ptr, rows, rmask, D, gq * asum[:, None] + qt * csum[:, None] - cy, BD)
+    else:
+        val = ag + qt * csum[:, None] - cy
+        if HAS_A:
+            val = val * tl.load(a_ptr + rows, mask=rmask, other=0.0)[:, None]
+        store_rows(out_ptr, rows, rmask, D, -val, BD)
+        if WANT_A:
+            tl.store(outa_ptr + rows, -gsum, mask=rmask)
+
+
+# --------------------------------------------------------------------------------------------
+# launchers (reference signatures)
+
+
+def _common(kernel, q, s, s2):
+    kind, pc, ph, peps2 = kernel_code(kernel)
+    D = q.shape[-1]
+    inv = (1.0 / s2).contiguous()
+    inv_bs = inv.shape[1] if inv.shape[0] > 1 else 0
+    tol = 8.0 * torch.finfo(q.dtype).eps
+    return dict(K=inv.shape[1], inv_bs=inv_bs, tol=tol, pc=pc, ph=ph, peps2=peps2, D=D, BD=pow2(D),
+                EXACT=D <= EXACT_MAX_D, KIND=kind, ACC=acc_dtype(q)), inv
+
+
+def _center(x, y):
+    c = y.mean(dim=1, keepdim=True)
+    return (x - c).contiguous(), (y - c).contiguous()
+
+
+def _grid(B, N):
+    return lambda meta: (triton.cdiv(N, meta["BN"]), B)
+
+
+def _integral(kernel, q, s, v, s2):
+    B, N, _ = q.shape
+    M = s.shape[1]
+    P = 1 if v is None else v.shape[-1]
+    kw, inv = _common(kernel, q, s, s2)
+    out = q.new_empty(B, N, P)
+    _integral_kernel[_grid(B, N)](q, s, q if v is None else v.contiguous(), inv, out, N, M, P,
+                                  BP=pow2(P), HAS_V=v is not None, **kw)
+    return out
+
+
+def _field(kernel, q, s, a, u, w, s2):
+    B, N, D = q.shape
+    M = s.shape[1]
+    P = 1 if u is None else u.shape[-1]
+    kw, inv = _common(kernel, q, s, s2)
+    out = torch.empty_like(q)
+    _field_kernel[_grid(B, N)](q, s, q if a is None else a.contiguous(), q if u is None else u.contiguous(),
+                               q if w is None else w.contiguous(), inv, out, N, M, P, BP=pow2(P),
+                               HAS_A=a is not None, HAS_UW=u is not None, **kw)
+    return out
+
+
+def integral(kernel, x, y, v, s2):
+    x, y = _center(x, y)
+    return _integral(kernel, x, y, v, s2)
+
+
+def integral_backward(kernel, x, y, v, s2, g, needs):
+    need_x, need_y, need_v = needs
+    x, y = _center(x, y)
+    vv = torch.ones(y.shape[0], y.shape[1], 1, dtype=x.dtype, device=x.device) if v is None else v
+    gx = _field(kernel, x, y, None, g, vv, s2) if need_x else None
+    gy = _field(kernel, y, x, None, vv, g, s2) if need_y else None
+    gv = _integral(kernel, y, x, g, s2) if (need_v and v is not None) else None
+    return gx, gy, gv
+
+
+def grad_sum(kernel, x, y, a, s2):
+    x, y = _center(x, y)
+    return _field(kernel, x, y, a, None, None, s2)
+
+
+def grad_sum_backward(kernel, x, y, a, s2, g, needs):
+    need_x, need_y, need_a = needs
+    x, y = _center(x, y)
+    g = g.contiguous()
+    B, N, D = x.shape
+    M = y.shape[1]
+    gx = gy = ga = None
+    if need_x:
+        kw, inv = _common(kernel, x, y, s2)
+        gx = torch.empty_like(x)
+        _hessian_kernel[_grid(B, N)](x, y, x if a is None else a.contiguous(), g, inv, gx, gx, N, M,
+                                     HAS_A=a is not None, G_ON_ROWS=True, WANT_A=False, **kw)
+    want_a = need_a and a is not None
+    if need_y or want_a:
+        kw, inv = _common(kernel, y, x, s2)
+        gy = torch.empty_like(y)
+        ga_buf = y.new_empty(B, M)
+        _hessian_kernel[_grid(B, M)](y, x, y if a is None else a.contiguous(), g, inv, gy, ga_buf, M, N,
+                                     HAS_A=a is not None, G_ON_ROWS=False, WANT_A=want_a, **kw)
+        ga = ga_buf if want_a else None
+        if not need_y:
+            gy = None
+    return gx, gy, ga

@@ -1,0 +1,152 @@
+"""Triton kernels against the tiled torch reference, forward and backward.
+
+On a machine without a GPU these run through TRITON_INTERPRET=1 (set in conftest) on small,
+ragged shapes (not multiples of the 16×16 interpreter blocks); on a GPU, on the device.
+"""
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+import gpflow_kernels as gk  # noqa: E402
+from gpflow_kernels import _triton as T  # noqa: E402
+from gpflow_kernels import reference as R  # noqa: E402
+from gpflow_kernels.kernels import IMQ, Energy, Gaussian, Laplace, Polyharmonic  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNELS = [Gaussian(), IMQ(), Laplace(), Energy(), Polyharmonic(3.0), Polyharmonic(2.0), Polyharmonic(-1.0, eps=0.5)]
+DIMS = [1, 2, 3, 17, 64, 130]
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=1e-5)}
+
+
+
+def data(D, dtype, B=2, N=13, M=19, P=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype=dtype, device=DEVICE)
+    scale = max(1.0, D**0.5)
+    x, y = mk(B, N, D), mk(B, M, D) + 0.3
+    s2 = torch.tensor([[0.7 * scale, 2.0 * scale]], dtype=dtype, device=DEVICE) ** 2
+    a = torch.rand(B, M, generator=g, dtype=torch.float64).to(dtype=dtype, device=DEVICE) + 0.1
+    return x, y, mk(B, M, P), a, s2, mk(B, N, P), mk(B, N, D)
+
+
+def close(got, want, dtype, same_precision_ref=None):
+    """got (in dtype) against the float64 truth ``want``, scaled by its largest entry (floor 1:
+    some exact answers are 0, e.g. the energy kernel's Hessian in D = 1 is −1/r + 1/r).
+
+    In float32 the budget also allows 10× the error of the torch reference computed in float32:
+    near-coincident points make the singular kernels' Hessians ill-conditioned in any code.
+    """
+    want = want.to(torch.float64)
+    scale = float(want.abs().max().clamp_min(1.0))
+    err = float((got.to(torch.float64) - want).abs().max())
+    budget = TOL[dtype]["atol"] * scale + TOL[dtype]["rtol"] * float(want.abs().max())
+    if same_precision_ref is not None and dtype != torch.float64:
+        budget = max(budget, 10.0 * float((same_precision_ref.to(torch.float64) - want).abs().max()))
+    assert err <= budget, f"max error {err:.3g} exceeds {budget:.3g} (scale {scale:.3g})"
+
+
+def truth(*ts):
+    return [None if t is None else t.to(torch.float64) for t in ts]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("kern", KERNELS, ids=repr)
+@pytest.mark.parametrize("D", DIMS)
+def test_pair_reductions_forward_and_backward(D, kern, dtype):
+    x, y, v, a, s2, gP, gD = data(D, dtype)
+    X, Y, V, A, S2, GP, GD = truth(x, y, v, a, s2, gP, gD)
+    for fn, args, args64 in [
+        (lambda m, *t: [m.integral(kern, *t)], (x, y, v, s2), (X, Y, V, S2)),
+        (lambda m, *t: [m.integral(kern, *t)], (x, y, None, s2), (X, Y, None, S2)),
+        (lambda m, *t: [m.grad_sum(kern, *t)], (x, y, a, s2), (X, Y, A, S2)),
+        (lambda m, *t: m.integral_backward(kern, *t, (True, True, True)), (x, y, v, s2, gP), (X, Y, V, S2, GP)),
+        (lambda m, *t: m.grad_sum_backward(kern, *t, (True, True, True)), (x, y, a, s2, gD), (X, Y, A, S2, GD)),
+        (lambda m, *t: m.grad_sum_backward(kern, *t, (True, True, True)), (x, y, None, s2, gD), (X, Y, None, S2, GD)),
+    ]:
+        for got, want, ref in zip(fn(T, *args), fn(R, *args64), fn(R, *args)):
+            if want is None:
+                assert got is None
+            else:
+                close(got, want, dtype, ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("D", DIMS)
+def test_soft_assignment_forward_and_backward(D, dtype):
+    x, y, _, _, s2, _, gD = data(D, dtype)
+    s2 = s2[:, :1]
+    mu_t, lse_t = T.softmax_mean(x, y, s2)
+    X, Y, S2, GD = truth(x, y, s2, gD)
+    mu_r, lse_r = R.softmax_mean(X, Y, S2)
+    mu_f, lse_f = R.softmax_mean(x, y, s2)
+    close(mu_t, mu_r, dtype, mu_f)
+    for got, want, ref in zip(T.softmax_mean_backward(x, y, s2, lse_t, mu_t, gD, (True, True)),
+                              R.softmax_mean_backward(X, Y, S2, lse_r, mu_r, GD, (True, True)),
+                              R.softmax_mean_backward(x, y, s2, lse_f, mu_f, gD, (True, True))):
+        close(got, want, dtype, ref)
+
+
+@pytest.mark.parametrize("D", [2, 17])
+def test_public_ops_and_their_gradients_match_the_torch_backend(D):
+    g = torch.Generator().manual_seed(1)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE)
+    x, y, xr, v = mk(3, 11, D), mk(3, 9, D) + 0.5, mk(3, 7, D), mk(3, 9, 2)
+    w = torch.rand(3, 9, generator=g, dtype=torch.float64).to(DEVICE) + 0.2
+    ops = {
+        "mmd_field": lambda b, x, y: gk.mmd_field(x, y, bandwidth=torch.tensor([0.8, 3.0]), x_ref=xr, weights=w, backend=b),
+        "mmd2": lambda b, x, y: gk.mmd2(x, y, kernel="imq", bandwidth=1.3, unbiased=True, backend=b),
+        "kernel_integral": lambda b, x, y: gk.kernel_integral(x, y, v, kernel="laplace", bandwidth=1.1, backend=b),
+        "kde_score": lambda b, x, y: gk.kde_score(x, y, bandwidth=0.6 * D**0.5, backend=b),
+        "svgd_field": lambda b, x, y: gk.svgd_field(x, -x, bandwidth=1.0, backend=b),
+    }
+    for name, op in ops.items():
+        outs, grads = [], []
+        for b in ("triton", "torch"):
+            xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+            out = op(b, xx, yy)
+            gx, gy = torch.autograd.grad(out.square().sum(), (xx, yy), allow_unused=True)
+            outs.append(out)
+            grads.append((gx, gy))
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-9, atol=1e-11, msg=name)
+        for a_, b_ in zip(*grads):
+            if b_ is None:
+                assert a_ is None
+            else:
+                torch.testing.assert_close(a_, b_, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_tiny_bandwidth_and_half_precision():
+    g = torch.Generator().manual_seed(2)
+    y = (torch.randn(20, 3, generator=g) * 10).to(DEVICE)
+    x = y[[3, 7, 11]] + 0.05
+    den = gk.kde_denoiser(x, y, bandwidth=1e-3, backend="triton")
+    assert torch.isfinite(den).all()
+    torch.testing.assert_close(den, y[[3, 7, 11]], rtol=1e-5, atol=1e-4)
+    xb, yb = x.to(torch.bfloat16), y.to(torch.bfloat16)
+    got = gk.mmd_field(xb, yb, bandwidth=5.0, backend="triton")
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), gk.mmd_field(xb.float(), yb.float(), bandwidth=5.0), rtol=1e-2, atol=1e-2)
+
+
+def test_non_contiguous_and_batched_inputs():
+    base = torch.randn(2, 3, 8, 12, dtype=torch.float64, device=DEVICE)
+    x = base.transpose(-1, -2)[..., :5]  # (2, 3, 12, 5) non-contiguous
+    y = torch.randn(2, 3, 9, 5, dtype=torch.float64, device=DEVICE)
+    assert not x.is_contiguous()
+    torch.testing.assert_close(gk.mmd_field(x, y, backend="triton"), gk.mmd_field(x, y, backend="torch"), rtol=1e-10, atol=1e-12)
+
+
+def test_backend_errors_are_clear():
+    x = torch.randn(4, 600, device=DEVICE)
+    with pytest.raises(ValueError, match="D <= 512"):
+        gk.mmd_field(x, x, backend="triton")
+
+    class Custom(Gaussian):
+        pass
+
+    with pytest.raises(ValueError, match="no fused kernel"):
+        gk.mmd_field(x[:, :2], x[:, :2], kernel=Custom(), backend="triton")
+    with pytest.raises(ValueError, match="backend='cuda' is not available"):
+        gk.mmd_field(x[:, :2], x[:, :2], backend="cuda")
