@@ -214,6 +214,22 @@ class Polyharmonic(Kernel):
         return (phi, d1, d2)
 
 
+def fused_code(kernel: Kernel) -> Tuple[int, float, float, float]:
+    """(kind, c, h, eps²) describing a built-in kernel to the fused (Triton, CUDA) kernels.
+
+    kind: 0 gaussian, 1 imq, 2 laplace, 3 energy, 4 polyharmonic c·w^h, 5 polyharmonic
+    (c/2)·w^h·log w, with w = u + eps². Subclasses and custom kernels have no fused code.
+    """
+    simple = {Gaussian: 0, IMQ: 1, Laplace: 2, Energy: 3}
+    if type(kernel) in simple:
+        return simple[type(kernel)], 0.0, 0.0, 0.0
+    if type(kernel) is Polyharmonic:
+        if kernel._even:
+            return 5, kernel._sign, float(round(kernel.order)) / 2.0, kernel.eps**2
+        return 4, kernel._sign, 0.5 * kernel.order, kernel.eps**2
+    raise ValueError(f"no fused kernel for {kernel!r} (a custom Kernel); use backend='torch'")
+
+
 KERNELS = {
     "gaussian": Gaussian,
     "imq": IMQ,

@@ -16,7 +16,7 @@ from typing import Optional, Union
 import torch
 
 from . import _bandwidth, _checks, reference
-from .kernels import Kernel, get_kernel
+from .kernels import Kernel, fused_code, get_kernel
 
 Tensor = torch.Tensor
 Bandwidth = Union[float, Tensor, str]
@@ -44,6 +44,23 @@ def _triton_module():
     return _triton, None
 
 
+def _cuda_impl(x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
+    from . import _cuda
+
+    if not _cuda.available():
+        raise ValueError(
+            "backend='cuda' is not available: the extension gpflow_kernels._cuda_ext was not built "
+            f"({_cuda.IMPORT_ERROR}); reinstall on a machine with nvcc (GPFLOW_BUILD_CUDA=1 to insist)"
+        )
+    if not x.is_cuda:
+        raise ValueError(f"backend='cuda' needs CUDA tensors, got x on {x.device}")
+    if x.shape[-1] > _cuda.MAX_D:
+        raise ValueError(f"backend='cuda' takes point dimension D <= {_cuda.MAX_D}, got x with shape {tuple(x.shape)}; use backend='triton' or 'torch'")
+    if kernel is not None:
+        fused_code(kernel)  # ValueError for custom kernels
+    return _cuda
+
+
 def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleType:
     """The module implementing the primitive reductions for ``backend`` on x's device.
 
@@ -54,10 +71,7 @@ def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleTyp
     if backend == "torch" or (backend == "auto" and not x.is_cuda):
         return reference
     if backend == "cuda":
-        raise ValueError(
-            "backend='cuda' is not available in this build of gpflow_kernels (the csrc/ extension is not "
-            "built yet); use backend='triton', 'torch' or 'auto'"
-        )
+        return _cuda_impl(x, kernel)
     mod, err = _triton_module()
     supported = mod is not None and x.shape[-1] <= mod.MAX_D and (kernel is None or type(kernel).__module__ == "gpflow_kernels.kernels")
     if backend == "auto":

@@ -14,7 +14,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..kernels import IMQ, Energy, Gaussian, Kernel, Laplace, Polyharmonic
 
 LOG2E = 1.4426950408889634
 #: Up to this dimension distances come from exact differences; above it from tl.dot.
@@ -23,23 +22,6 @@ EXACT_MAX_D = 16
 MAX_D = 512
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def kernel_code(kernel: Kernel):
-    """(KIND, c, h, eps²) for the jit profile: the polyharmonic parameters ride as runtime floats."""
-    if type(kernel) is Gaussian:
-        return 0, 0.0, 0.0, 0.0
-    if type(kernel) is IMQ:
-        return 1, 0.0, 0.0, 0.0
-    if type(kernel) is Laplace:
-        return 2, 0.0, 0.0, 0.0
-    if type(kernel) is Energy:
-        return 3, 0.0, 0.0, 0.0
-    if type(kernel) is Polyharmonic:
-        if kernel._even:
-            return 5, kernel._sign, float(round(kernel.order)) / 2.0, kernel.eps**2
-        return 4, kernel._sign, 0.5 * kernel.order, kernel.eps**2
-    raise ValueError(f"the triton backend has no kernel {kernel!r}; use backend='torch'")
 
 
 def pow2(n: int, lo: int = 16) -> int:

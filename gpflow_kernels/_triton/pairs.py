@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import EXACT_MAX_D, acc_dtype, configs, dot_diff, kernel_code, load_rows, pow2, radial, sqdist, store_rows
+from ..kernels import fused_code as kernel_code
+from .common import EXACT_MAX_D, acc_dtype, configs, dot_diff, load_rows, pow2, radial, sqdist, store_rows
 
 KEY = ["N", "M", "K"]
 
