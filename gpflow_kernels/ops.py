@@ -44,6 +44,14 @@ def _triton_module():
     return _triton, None
 
 
+def _fusable(kernel: Kernel) -> bool:
+    try:
+        fused_code(kernel)
+    except ValueError:
+        return False
+    return True
+
+
 def _cuda_impl(x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
     from . import _cuda
 
@@ -73,7 +81,7 @@ def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleTyp
     if backend == "cuda":
         return _cuda_impl(x, kernel)
     mod, err = _triton_module()
-    supported = mod is not None and x.shape[-1] <= mod.MAX_D and (kernel is None or type(kernel).__module__ == "gpflow_kernels.kernels")
+    supported = mod is not None and x.shape[-1] <= mod.MAX_D and (kernel is None or _fusable(kernel))
     if backend == "auto":
         return mod if supported else reference
     if mod is None:
