@@ -23,6 +23,8 @@ def median_distance(z: Tensor) -> Tensor:
     used, so the heuristic is deterministic and bounded in memory.
     """
     B, N, _ = z.shape
+    if N < 2:
+        raise ValueError(f'bandwidth="median" needs at least 2 points to measure distances, got {N}; pass a bandwidth')
     if N > MEDIAN_POINTS:
         g = torch.Generator().manual_seed(0)
         idx = torch.randperm(N, generator=g)[:MEDIAN_POINTS].to(z.device)

@@ -131,3 +131,8 @@ def test_median_of_repeated_points():
     z = torch.zeros(6, 2)
     with pytest.raises(ValueError, match="median"):
         gk.mmd_field(z, z, bandwidth="median")
+
+
+def test_median_of_a_single_point():
+    with pytest.raises(ValueError, match="at least 2 points"):
+        gk.svgd_field(torch.randn(1, 2), torch.randn(1, 2))
