@@ -250,16 +250,14 @@ def softmax_mean(x: Tensor, y: Tensor, s2: Tensor) -> Tuple[Tensor, Tensor]:
     for bs, rs, cs in _tiles(B, N, M):
         xt, yt = xc[bs, rs], yc[bs, cs]
         ell = _logits(geo, xt, yt, bs, rs, cs, inv[bs] if inv.shape[0] > 1 else inv)
-        m_old = lse[bs, rs]
-        m_tile = ell.amax(-1)
-        m_new = torch.maximum(m_old, m_tile)
+        # mu holds the running normalised mean and lse its log normaliser; both are rescaled
+        # to the new running maximum m_new.
+        lse_old = lse[bs, rs]
+        m_new = torch.maximum(lse_old, ell.amax(-1))
         p = torch.exp(ell - m_new[..., None])
-        scale = torch.exp(m_old - m_new)  # exp(-inf) = 0 on the first tile
-        l_tile = p.sum(-1)
-        # mu holds the running normalized mean; lse the running log normalizer.
-        l_old = scale  # weight of the old mean, relative to exp(m_new)
-        total = l_old + l_tile
-        mu[bs, rs] = (mu[bs, rs] * l_old[..., None] + torch.bmm(p, yt)) / total[..., None]
+        w_old = torch.exp(lse_old - m_new)  # weight of the mean so far; exp(-inf) = 0 on the first tile
+        total = w_old + p.sum(-1)
+        mu[bs, rs] = (mu[bs, rs] * w_old[..., None] + torch.bmm(p, yt)) / total[..., None]
         lse[bs, rs] = m_new + torch.log(total)
     return mu + y.mean(dim=1, keepdim=True), lse
 
