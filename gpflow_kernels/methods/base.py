@@ -1,0 +1,156 @@
+"""The skeleton every method shares: options, training steps, sampling, and state for checkpoints.
+
+A method is a small object:
+- ``Options``: a dataclass of its settings (``steps`` training steps, ``batch``, ``lr``, ...), with
+  defaults that :meth:`Method.defaults` may adjust for image data;
+- ``train_step(step)``: one optimisation step (all randomness from torch's global generator, whose
+  state the runner checkpoints, so a resumed run repeats an uninterrupted one exactly);
+- ``sample(n, generator, trajectory)``: n samples (n, D) drawn with ``generator`` only, the number
+  of field (network or kernel) evaluations per sample, and optionally the particles' path;
+- ``state_dict``/``load_state_dict``: networks and optimisers.
+
+``kind`` places it in the GPM paper's taxonomy: "PM" (particles follow a field at generation time),
+"Int-PM" (a generator trained by the field; one network call per sample) or "flow" (a training-free
+particle flow toward the data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .data import Dataset
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Options:
+    steps: int = 0          # training steps (0 for training-free flows)
+
+
+@dataclass
+class NetOptions(Options):
+    """Options of methods that train networks."""
+
+    steps: int = 2000
+    batch: int = 256
+    lr: float = 1e-3
+    hidden: int = 128
+    depth: int = 3
+
+
+@dataclass
+class Sample:
+    """x: (n, D) samples; nfe: field evaluations per sample; path: (T, n, D) particle states or None."""
+
+    x: Tensor
+    nfe: int
+    path: Optional[Tensor] = None
+
+
+class Method:
+    name = ""
+    kind = ""        # "PM", "Int-PM" or "flow"
+    paper = ""
+    summary = ""
+    Options = Options
+
+    def __init__(self, data: Dataset, options: Options, device: torch.device):
+        self.data, self.opts, self.device = data, options, torch.device(device)
+        self.x_train = data.train.to(self.device)
+        self.dim = data.dim
+        self.losses: Dict[str, float] = {}
+
+    # ----- settings ---------------------------------------------------------------------------
+    @classmethod
+    def defaults(cls, data: Dataset) -> Dict[str, Any]:
+        """Overrides of the Options defaults for this data set (e.g. wider networks on images)."""
+        wide = data.is_image and issubclass(cls.Options, NetOptions)
+        return {"hidden": 256, "depth": 3} if wide else {}
+
+    @classmethod
+    def make_options(cls, data: Dataset, overrides: Dict[str, Any]) -> Options:
+        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+        kw = dict(cls.defaults(data))
+        for key, value in overrides.items():
+            if key not in fields:
+                raise ValueError(f"method {cls.name!r} has no option {key!r}; its options are: {', '.join(sorted(fields))}")
+            kw[key] = value
+        opts = cls.Options(**kw)
+        hints = typing.get_type_hints(cls.Options)
+        for key, value in dataclasses.asdict(opts).items():
+            want = hints[key]
+            ok = isinstance(value, want) if want is not float else isinstance(value, (int, float))
+            if not ok or isinstance(value, bool) != (want is bool):
+                raise ValueError(f"option {key} of {cls.name!r} must be {want.__name__}, got {value!r}")
+            if want in (int, float) and key not in cls.signed_options and value < 0:
+                raise ValueError(f"option {key} of {cls.name!r} must be >= 0, got {value!r}")
+        for key in ("batch", "hidden", "depth"):
+            if getattr(opts, key, 1) < 1:
+                raise ValueError(f"option {key} of {cls.name!r} must be >= 1, got {getattr(opts, key)}")
+        cls.check(opts)
+        return opts
+
+    signed_options: tuple = ("p_mean",)
+
+    @classmethod
+    def check(cls, opts: Options) -> None:
+        """Method-specific option checks (raise ValueError naming the option)."""
+
+    @property
+    def total_steps(self) -> int:
+        return self.opts.steps
+
+    # ----- work -------------------------------------------------------------------------------
+    def batch(self, n: Optional[int] = None) -> Tensor:
+        """A minibatch of training data (with replacement), drawn from the global generator."""
+        n = getattr(self.opts, "batch", 256) if n is None else n
+        return self.x_train[torch.randint(0, len(self.x_train), (n,), device=self.device)]
+
+    def train_step(self, step: int) -> Dict[str, float]:
+        return {}
+
+    def sample(self, n: int, generator: torch.Generator, trajectory: bool = False) -> Sample:
+        raise NotImplementedError
+
+    def prior(self, n: int, generator: torch.Generator, scale: float = 1.0) -> Tensor:
+        return scale * torch.randn(n, self.dim, generator=generator, device=self.device)
+
+    # ----- state ------------------------------------------------------------------------------
+    def modules(self) -> Dict[str, nn.Module]:
+        return {}
+
+    def optimizers(self) -> Dict[str, torch.optim.Optimizer]:
+        return {}
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = {f"module.{k}": m.state_dict() for k, m in self.modules().items()}
+        state.update({f"optim.{k}": o.state_dict() for k, o in self.optimizers().items()})
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state[f"module.{k}"])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state[f"optim.{k}"])
+
+
+def adam(params, lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:
+    return torch.optim.Adam(list(params), lr=lr, betas=betas)
+
+
+def step_on(opt: torch.optim.Optimizer, loss: Tensor) -> float:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+def path_from(states: List[Tensor]) -> Tensor:
+    return torch.stack([s.detach() for s in states])

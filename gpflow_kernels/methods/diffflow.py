@@ -1,0 +1,107 @@
+"""DiffFlow sampling (Zhang et al. 2023) with a chosen diffusion ↔ GAN weight.
+
+Particles start from N(0, (σ_d² + σ_max²) I) and follow ``solvers.DiffFlowSDE``
+
+    dx = [β(t) ∇log p_σ(t)(x) − (β(t) − g(t)²/2) ∇log q_σ(t)(x)] dt + g(t) dW,  g² = 2 β · mix,
+
+for t ∈ [0, 1], with σ(t) decaying geometrically from σ_max to σ_min and β(t) = ``beta`` · σ(t)²
+(the annealed-Langevin step scale). ``mix = 1`` is annealed Langevin on the data (the
+score-based-diffusion end), ``mix = 0`` the noiseless score-difference flow (the GAN end).
+
+Scores: ``scores="kde"`` takes both in closed form (exact scores of the training set and of the
+particles convolved with N(0, σ²I): training-free); ``scores="net"`` learns the data score as an
+EDM denoiser first (``steps``) and keeps the generated-data score in closed form on the particles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+import solvers
+
+from ..ops import kde_score
+from .base import Method, NetOptions, Sample, adam
+from .edm import data_sigma, train_denoiser_step
+from .nets import EDMPrecond
+
+
+@dataclass
+class DiffFlowOptions(NetOptions):
+    steps: int = 4000         # denoiser training steps (used with scores="net" only)
+    batch: int = 1024
+    scores: str = "kde"       # "kde" or "net"
+    mix: float = 0.5          # 1: Langevin / diffusion end, 0: GAN-like flow
+    beta: float = 20.0       # β(t) = beta · σ(t)²
+    sigma_max: float = 2.0
+    sigma_min: float = 0.05
+    sample_steps: int = 200
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+
+class DiffFlow(Method):
+    name = "diffflow"
+    kind = "PM"
+    paper = "Zhang et al. 2023"
+    summary = "one SDE between diffusion (mix=1) and GAN-like flow (mix=0); scores in closed form or a net"
+    Options = DiffFlowOptions
+
+    @classmethod
+    def defaults(cls, data):
+        d = super().defaults(data)
+        return {**d, "sigma_max": 4.0, "sigma_min": 0.3} if data.is_image else d
+
+    @classmethod
+    def check(cls, o):
+        if o.scores not in ("kde", "net"):
+            raise ValueError(f"option scores must be 'kde' or 'net', got {o.scores!r}")
+        if not 0 <= o.mix <= 1:
+            raise ValueError(f"option mix must be in [0, 1], got {o.mix}")
+        if not 0 < o.sigma_min < o.sigma_max or o.sample_steps < 1:
+            raise ValueError("need 0 < sigma_min < sigma_max and sample_steps >= 1")
+
+    def __init__(self, data, options, device):
+        super().__init__(data, options, device)
+        o = self.opts
+        self.sigma_data = data_sigma(data.train)
+        self.net = EDMPrecond(self.dim, o.hidden, o.depth, self.sigma_data).to(self.device)
+        self.opt = adam(self.net.parameters(), o.lr)
+
+    @property
+    def total_steps(self):
+        return self.opts.steps if self.opts.scores == "net" else 0
+
+    def modules(self):
+        return {"denoiser": self.net}
+
+    def optimizers(self):
+        return {"denoiser": self.opt}
+
+    def train_step(self, step):
+        return {"loss": train_denoiser_step(self.net, self.opt, self.batch(), self.opts.p_mean, self.opts.p_std)}
+
+    def sigma(self, t) -> float:
+        o = self.opts
+        return o.sigma_max * (o.sigma_min / o.sigma_max) ** float(t)
+
+    def data_score(self, t, x):
+        s = self.sigma(t)
+        if self.opts.scores == "kde":
+            return kde_score(x, self.x_train, bandwidth=s)
+        return self.net.score(x, s)
+
+    def sde(self) -> solvers.DiffFlowSDE:
+        o = self.opts
+        gen_score = lambda t, x: kde_score(x, x, bandwidth=self.sigma(t))
+        return solvers.DiffFlowSDE.mixed(self.data_score, gen_score, beta=lambda t: o.beta * self.sigma(t) ** 2, mix=o.mix)
+
+    @torch.no_grad()
+    def sample(self, n, generator, trajectory=False):
+        o = self.opts
+        x0 = self.prior(n, generator, math.sqrt(self.sigma_data**2 + o.sigma_max**2))
+        ts = torch.linspace(0.0, 1.0, o.sample_steps + 1, device=self.device)
+        path = solvers.sdeint(self.sde(), x0, ts, generator=generator, save="all" if trajectory else "last")
+        return Sample(path[-1] if trajectory else path, o.sample_steps, path if trajectory else None)

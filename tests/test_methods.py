@@ -1,0 +1,157 @@
+"""Every method end to end on tiny settings: it improves its metrics over its starting point.
+
+"Starting point": the untrained method's samples for methods that train, the initial particles
+for training-free flows (runner.py). Settings are small so the whole file runs in about a minute.
+"""
+
+import json
+
+import pytest
+import torch
+
+from gpflow_kernels.methods import METHODS, get_method, load
+from gpflow_kernels.methods.runner import RunError, run_method
+
+TINY = {
+    "edm": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10},
+    "score-gan": {"data_steps": 300, "steps": 300, "batch": 256, "hidden": 64, "gen_lr": 1e-3},
+    "disc-flow": {"steps": 150, "batch": 128, "hidden": 64, "flow_steps": 5},
+    "gan": {"steps": 300, "batch": 128, "hidden": 64},
+    "diffflow": {"sample_steps": 40},
+    "mmd-guidance": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10, "n_data": 300},
+    "mmd-flow": {"sample_steps": 40, "n_data": 500},
+    "svgd": {"sample_steps": 60, "n_data": 500},
+    "langevin": {"sample_steps": 5, "n_data": 500},
+}
+
+
+def tiny_run(tmp_path, method, data="8gaussians", **kw):
+    opts = dict(TINY[method])
+    opts.update(kw.pop("options", {}))
+    return run_method(method, data, tmp_path / method, options=opts, n_samples=300, plots=False,
+                      progress=False, log=lambda s: None, **kw)
+
+
+def test_every_method_has_tiny_settings():
+    assert set(TINY) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_method_improves_on_its_starting_point(tmp_path, method):
+    res = tiny_run(tmp_path, method)
+    init, final = res["init"], res["final"]
+    assert final["mmd2"] < 0.5 * init["mmd2"], (init, final)
+    assert final["energy"] < 0.7 * init["energy"], (init, final)
+    written = json.loads((tmp_path / method / "metrics.json").read_text())
+    assert written["final"] == final and written["kind"] == get_method(method).kind
+    assert written["nfe"] >= 1 and written["sample_seconds"] >= 0
+
+
+def test_closed_form_guidance_beats_the_plain_sampler_of_an_undertrained_denoiser(tmp_path):
+    res = tiny_run(tmp_path, "mmd-guidance", options={"steps": 100, "guidance": 1.0})
+    assert res["final"]["mmd2"] < 0.5 * res["unguided"]["mmd2"], (res["unguided"], res["final"])
+
+
+def test_guidance_in_the_latent_space_of_an_autoencoder(tmp_path):
+    res = tiny_run(tmp_path, "mmd-guidance", options={"latent": 2, "ae_steps": 200, "steps": 200})
+    assert res["final"]["mmd2"] < 0.5 * res["init"]["mmd2"]
+    assert res["train_steps"] == 400
+
+
+@pytest.mark.parametrize("mix", [0.0, 1.0])
+def test_diffflow_reaches_the_data_at_both_ends(tmp_path, mix):
+    res = tiny_run(tmp_path, "diffflow", options={"mix": mix})
+    assert res["final"]["mmd2"] < 0.1 * res["init"]["mmd2"]
+
+
+def test_diffflow_with_a_learned_data_score(tmp_path):
+    res = tiny_run(tmp_path, "diffflow", options={"scores": "net", "steps": 2000, "lr": 2e-3, "hidden": 64})
+    assert res["final"]["mmd2"] < 0.3 * res["init"]["mmd2"]
+
+
+def test_ipm_losses_with_gradient_penalty(tmp_path):
+    res = tiny_run(tmp_path, "disc-flow", options={"loss": "ipm", "penalty": 1.0, "eta": 1.0, "steps": 300})
+    assert res["final"]["mmd2"] < 0.5 * res["init"]["mmd2"]
+    res = tiny_run(tmp_path / "g", "gan", options={"loss": "ipm", "penalty": 1.0, "d_steps": 2})
+    assert res["final"]["mmd2"] < 0.5 * res["init"]["mmd2"]
+
+
+def test_score_gan_with_the_closed_form_data_score(tmp_path):
+    res = tiny_run(tmp_path, "score-gan", options={"data_score": "kde", "steps": 600})
+    assert res["train_steps"] == TINY["score-gan"]["data_steps"] + 600
+    assert res["final"]["mmd2"] < 0.5 * res["init"]["mmd2"]
+
+
+@pytest.mark.parametrize("method", ["edm", "score-gan"])
+def test_resume_equals_an_uninterrupted_run(tmp_path, method):
+    full = tiny_run(tmp_path / "a", method)
+    part = tiny_run(tmp_path / "b", method, stop_after=173)
+    assert part == {"stopped_at": 173}
+    ck = torch.load(tmp_path / "b" / method / "checkpoint.pt", weights_only=False)
+    assert ck["step"] == 173
+    resumed = tiny_run(tmp_path / "b", method, resume=True)
+    assert resumed["final"] == full["final"] and resumed["init"] == full["init"]
+    a = torch.load(tmp_path / "a" / method / "checkpoint.pt", weights_only=False)["state"]
+    b = torch.load(tmp_path / "b" / method / "checkpoint.pt", weights_only=False)["state"]
+    for key in a:
+        if key.startswith("module."):
+            for name in a[key]:
+                assert torch.equal(a[key][name], b[key][name]), (key, name)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+    full = tiny_run(tmp_path / "a", "gan")
+    cls = get_method("gan")
+    real_step = cls.train_step
+
+    def interrupted(self, step):
+        if step == 120:
+            raise KeyboardInterrupt
+        return real_step(self, step)
+
+    monkeypatch.setattr(cls, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path / "b", "gan")
+    monkeypatch.setattr(cls, "train_step", real_step)
+    assert torch.load(tmp_path / "b" / "gan" / "checkpoint.pt", weights_only=False)["step"] == 120
+    assert tiny_run(tmp_path / "b", "gan", resume=True)["final"] == full["final"]
+
+
+def test_resume_refuses_changed_options_and_an_existing_run_needs_resume(tmp_path):
+    tiny_run(tmp_path, "gan", stop_after=10)
+    with pytest.raises(RunError, match="already holds a run"):
+        tiny_run(tmp_path, "gan")
+    with pytest.raises(RunError, match=r"changed options \['hidden'\]"):
+        tiny_run(tmp_path, "gan", resume=True, options={"hidden": 32})
+    # more steps is allowed: the run continues
+    res = tiny_run(tmp_path, "gan", resume=True, options={"steps": 20})
+    assert res["train_steps"] == 20
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"nope": 1}, "has no option 'nope'"),
+    ({"steps": -1}, "must be >= 0"),
+    ({"loss": "hinge"}, "option loss must be one of"),
+    ({"lr": "fast"}, "option lr of 'gan' must be float"),
+    ({"hidden": 0}, "option hidden of 'gan' must be >= 1"),
+])
+def test_bad_options_are_named(tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_run(tmp_path, "gan", options=bad)
+
+
+def test_flows_refuse_training_steps_and_unknown_methods_are_named(tmp_path):
+    with pytest.raises(ValueError, match="training-free"):
+        tiny_run(tmp_path, "svgd", options={"steps": 5})
+    with pytest.raises(ValueError, match="unknown method 'vae'"):
+        run_method("vae", "moons", tmp_path / "x")
+
+
+def test_digits_run_reports_frechet_distance_and_coverage(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPFLOW_CACHE", str(tmp_path / "cache"))
+    res = run_method("gan", "digits", tmp_path / "d", options={"steps": 150, "hidden": 128}, n_samples=200,
+                     progress=False, log=lambda s: None)
+    assert set(res["final"]) == {"mmd2", "fd", "coverage"}
+    assert res["final"]["fd"] < 0.5 * res["init"]["fd"] and res["final"]["mmd2"] < res["init"]["mmd2"]
+    assert (tmp_path / "d" / "samples.png").stat().st_size > 1000
+    assert (tmp_path / "d" / "trajectory.png").stat().st_size > 1000
