@@ -33,7 +33,7 @@ def _limits(data: Dataset):
 def _grid(images: Tensor, rows: int, cols: int, shape) -> Tensor:
     h, w = shape
     imgs = images[: rows * cols].reshape(-1, h, w).clamp(-1, 1)
-    canvas = torch.ones(rows * (h + 1) + 1, cols * (w + 1) + 1)
+    canvas = torch.zeros(rows * (h + 1) + 1, cols * (w + 1) + 1)  # mid-grey frames between images
     for k in range(len(imgs)):
         r, c = divmod(k, cols)
         canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = imgs[k]
