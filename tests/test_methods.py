@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from gpflow_kernels.methods import METHODS, get_method, load
+from gpflow_kernels.methods import METHODS, get_method
 from gpflow_kernels.methods.runner import RunError, run_method
 
 TINY = {

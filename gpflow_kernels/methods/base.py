@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -152,5 +152,6 @@ def step_on(opt: torch.optim.Optimizer, loss: Tensor) -> float:
     return float(loss.detach())
 
 
-def path_from(states: List[Tensor]) -> Tensor:
-    return torch.stack([s.detach() for s in states])
+def solver_sample(out: Tensor, nfe: int, trajectory: bool) -> Sample:
+    """A Sample from a solver's output: the path (T, n, D) when ``trajectory``, else the final state."""
+    return Sample(out[-1] if trajectory else out, nfe, out if trajectory else None)

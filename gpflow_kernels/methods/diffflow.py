@@ -23,9 +23,8 @@ import torch
 import solvers
 
 from ..ops import kde_score
-from .base import Method, NetOptions, Sample, adam
-from .edm import data_sigma, train_denoiser_step
-from .nets import EDMPrecond
+from .base import NetOptions, solver_sample
+from .edm import DenoiserMethod
 
 
 @dataclass
@@ -42,7 +41,7 @@ class DiffFlowOptions(NetOptions):
     p_std: float = 1.2
 
 
-class DiffFlow(Method):
+class DiffFlow(DenoiserMethod):
     name = "diffflow"
     kind = "PM"
     paper = "Zhang et al. 2023"
@@ -63,25 +62,9 @@ class DiffFlow(Method):
         if not 0 < o.sigma_min < o.sigma_max or o.sample_steps < 1:
             raise ValueError("need 0 < sigma_min < sigma_max and sample_steps >= 1")
 
-    def __init__(self, data, options, device):
-        super().__init__(data, options, device)
-        o = self.opts
-        self.sigma_data = data_sigma(data.train)
-        self.net = EDMPrecond(self.dim, o.hidden, o.depth, self.sigma_data).to(self.device)
-        self.opt = adam(self.net.parameters(), o.lr)
-
     @property
     def total_steps(self):
         return self.opts.steps if self.opts.scores == "net" else 0
-
-    def modules(self):
-        return {"denoiser": self.net}
-
-    def optimizers(self):
-        return {"denoiser": self.opt}
-
-    def train_step(self, step):
-        return {"loss": train_denoiser_step(self.net, self.opt, self.batch(), self.opts.p_mean, self.opts.p_std)}
 
     def sigma(self, t) -> float:
         o = self.opts
@@ -101,7 +84,7 @@ class DiffFlow(Method):
     @torch.no_grad()
     def sample(self, n, generator, trajectory=False):
         o = self.opts
-        x0 = self.prior(n, generator, math.sqrt(self.sigma_data**2 + o.sigma_max**2))
+        x0 = self.prior(n, generator, math.sqrt(self.net.sigma_data**2 + o.sigma_max**2))
         ts = torch.linspace(0.0, 1.0, o.sample_steps + 1, device=self.device)
-        path = solvers.sdeint(self.sde(), x0, ts, generator=generator, save="all" if trajectory else "last")
-        return Sample(path[-1] if trajectory else path, o.sample_steps, path if trajectory else None)
+        out = solvers.sdeint(self.sde(), x0, ts, generator=generator, save="all" if trajectory else "last")
+        return solver_sample(out, o.sample_steps, trajectory)

@@ -16,7 +16,7 @@ import torch
 import solvers
 
 from ..losses import denoising_score_matching_loss
-from .base import Method, NetOptions, Sample, adam, step_on
+from .base import Method, NetOptions, adam, solver_sample, step_on
 from .nets import EDMPrecond
 
 Tensor = torch.Tensor
@@ -55,19 +55,8 @@ def karras_grid(o: EDMOptions, device) -> Tensor:
     return solvers.karras_sigmas(o.sample_steps, o.sigma_min, o.sigma_max, o.rho).to(device=device, dtype=torch.float32)
 
 
-class EDM(Method):
-    name = "edm"
-    kind = "PM"
-    paper = "Karras et al. 2022; Franceschi et al. 2023"
-    summary = "diffusion: preconditioned denoiser, log-normal σ training, Heun sampler over the Karras grid"
-    Options = EDMOptions
-
-    @classmethod
-    def check(cls, o):
-        if not 0 < o.sigma_min < o.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={o.sigma_min}, sigma_max={o.sigma_max}")
-        if o.sample_steps < 1 or o.rho <= 0 or o.p_std <= 0:
-            raise ValueError("sample_steps must be >= 1 and rho, p_std > 0")
+class DenoiserMethod(Method):
+    """A method whose training is EDM training of one denoiser ``self.net`` on the data."""
 
     def __init__(self, data, options, device):
         super().__init__(data, options, device)
@@ -84,6 +73,21 @@ class EDM(Method):
     def train_step(self, step):
         return {"loss": train_denoiser_step(self.net, self.opt, self.batch(), self.opts.p_mean, self.opts.p_std)}
 
+
+class EDM(DenoiserMethod):
+    name = "edm"
+    kind = "PM"
+    paper = "Karras et al. 2022; Franceschi et al. 2023"
+    summary = "diffusion: preconditioned denoiser, log-normal σ training, Heun sampler over the Karras grid"
+    Options = EDMOptions
+
+    @classmethod
+    def check(cls, o):
+        if not 0 < o.sigma_min < o.sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={o.sigma_min}, sigma_max={o.sigma_max}")
+        if o.sample_steps < 1 or o.rho <= 0 or o.p_std <= 0:
+            raise ValueError("sample_steps must be >= 1 and rho, p_std > 0")
+
     @torch.no_grad()
     def sample(self, n, generator, trajectory=False):
         o = self.opts
@@ -91,5 +95,4 @@ class EDM(Method):
         x0 = self.prior(n, generator, o.sigma_max)
         out = solvers.sdeint(solvers.EDMDenoiser(self.net), x0, sigmas, method="edm", churn=o.churn,
                              generator=generator, save="all" if trajectory else "last")
-        x = out[-1] if trajectory else out
-        return Sample(x, 2 * o.sample_steps - 1, out if trajectory else None)
+        return solver_sample(out, 2 * o.sample_steps - 1, trajectory)

@@ -12,7 +12,6 @@ Each draws ``n_data`` data points per run as the target sample.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +19,7 @@ import torch
 import solvers
 
 from ..ops import kde_score
-from .base import Method, Options, Sample
+from .base import Method, Options, Sample, solver_sample
 
 
 @dataclass
@@ -37,6 +36,12 @@ class _Flow(Method):
         o = self.opts
         idx = torch.randperm(len(self.x_train), generator=generator, device=self.device)[: o.n_data]
         return self.x_train[idx]
+
+    def euler(self, field, n, generator, T: float, trajectory: bool) -> Sample:
+        """``sample_steps`` Euler steps of the ODE field over [0, T] from N(0, I) particles."""
+        ts = torch.linspace(0, T, self.opts.sample_steps + 1, device=self.device)
+        out = solvers.odeint(field, self.prior(n, generator), ts, method="euler", save="all" if trajectory else "last")
+        return solver_sample(out, self.opts.sample_steps, trajectory)
 
     @classmethod
     def check(cls, o):
@@ -70,9 +75,7 @@ class MMDFlowMethod(_Flow):
         bw = torch.tensor([o.bandwidth, 4 * o.bandwidth], device=self.device)
         field = solvers.MMDFlow(self.target(generator), bandwidth=bw,
                                 noise_level=lambda t: o.noise * max(0.0, 1 - float(t) / T), generator=generator)
-        path = solvers.odeint(field, self.prior(n, generator), torch.linspace(0, T, o.sample_steps + 1, device=self.device),
-                              method="euler", save="all" if trajectory else "last")
-        return Sample(path[-1] if trajectory else path, o.sample_steps, path if trajectory else None)
+        return self.euler(field, n, generator, T, trajectory)
 
 
 @dataclass
@@ -96,9 +99,7 @@ class SVGDMethod(_Flow):
         o = self.opts
         y = self.target(generator)
         field = solvers.SteinFlow(lambda x: kde_score(x, y, bandwidth=o.sigma))
-        ts = torch.linspace(0, o.step_size * o.sample_steps, o.sample_steps + 1, device=self.device)
-        path = solvers.odeint(field, self.prior(n, generator), ts, method="euler", save="all" if trajectory else "last")
-        return Sample(path[-1] if trajectory else path, o.sample_steps, path if trajectory else None)
+        return self.euler(field, n, generator, o.step_size * o.sample_steps, trajectory)
 
 
 @dataclass

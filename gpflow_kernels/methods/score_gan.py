@@ -16,7 +16,6 @@ Sampling is one generator call.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
