@@ -25,7 +25,7 @@ def cli(*args, timeout=300, cwd=None):
 def test_methods_lists_every_method_with_its_kind():
     res = cli("methods")
     assert res.returncode == 0, res.stderr
-    for name, kind in [("edm", "PM"), ("score-gan", "Int-PM"), ("disc-flow", "PM"), ("gan", "Int-PM"),
+    for name, kind in [("edm", "PM"), ("score-gan", "Int-PM"), ("disc-flow", "PM"), ("disc-flow-gen", "Int-PM"), ("gan", "Int-PM"),
                        ("diffflow", "PM"), ("mmd-guidance", "PM"), ("mmd-flow", "flow"), ("svgd", "flow"),
                        ("langevin", "flow")]:
         assert re.search(rf"^{re.escape(name)}\s+{re.escape(kind)}\s", res.stdout, re.M), name

@@ -16,6 +16,7 @@ TINY = {
     "edm": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10},
     "score-gan": {"data_steps": 300, "steps": 300, "batch": 256, "hidden": 64, "gen_lr": 1e-3},
     "disc-flow": {"steps": 150, "batch": 128, "hidden": 64, "flow_steps": 5},
+    "disc-flow-gen": {"steps": 150, "distill_steps": 150, "batch": 128, "hidden": 64, "flow_steps": 5},
     "gan": {"steps": 300, "batch": 128, "hidden": 64},
     "diffflow": {"sample_steps": 40},
     "mmd-guidance": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10, "n_data": 300},

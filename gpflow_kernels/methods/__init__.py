@@ -8,6 +8,7 @@ This subpackage (and :mod:`gpflow_kernels.cli`) is the only part of the distribu
 | edm | PM | Karras et al. 2022 (GPM: score-based diffusion) |
 | score-gan | Int-PM | Franceschi et al. 2023 |
 | disc-flow | PM | Franceschi et al. 2023 |
+| disc-flow-gen | Int-PM | the same, distilled into a generator |
 | gan | Int-PM | Goodfellow et al. 2014 / GPM |
 | diffflow | PM | Zhang et al. 2023 |
 | mmd-guidance | PM | Asokan et al. 2023 |
@@ -19,7 +20,7 @@ from typing import Dict, Type
 from .base import Method, Options, Sample
 from .data import DATASETS, Dataset, load
 from .diffflow import DiffFlow
-from .disc_flow import DiscFlow
+from .disc_flow import DiscFlow, DistilledDiscFlow
 from .edm import EDM
 from .flows import LangevinMethod, MMDFlowMethod, SVGDMethod
 from .gan import GAN
@@ -27,7 +28,7 @@ from .guidance import MMDGuidance
 from .score_gan import ScoreGAN
 
 METHODS: Dict[str, Type[Method]] = {
-    m.name: m for m in (EDM, ScoreGAN, DiscFlow, GAN, DiffFlow, MMDGuidance, MMDFlowMethod, SVGDMethod, LangevinMethod)
+    m.name: m for m in (EDM, ScoreGAN, DiscFlow, DistilledDiscFlow, GAN, DiffFlow, MMDGuidance, MMDFlowMethod, SVGDMethod, LangevinMethod)
 }
 
 

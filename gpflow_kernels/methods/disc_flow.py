@@ -21,7 +21,7 @@ import solvers
 
 from .base import Method, NetOptions, Sample, adam, step_on
 from .gan import check_loss, disc_loss, gen_cost
-from .nets import ConditionedMLP
+from .nets import ConditionedMLP, mlp
 
 Tensor = torch.Tensor
 
@@ -86,3 +86,50 @@ class DiscFlow(Method):
     def sample(self, n, generator, trajectory=False):
         path = self.flow(self.prior(n, generator))
         return Sample(path[-1], self.opts.flow_steps, path if trajectory else None)
+
+
+@dataclass
+class DistilledOptions(DiscFlowOptions):
+    steps: int = 1500          # discriminator-flow steps (phase 1)
+    distill_steps: int = 1000  # generator regression steps (phase 2)
+    gen_lr: float = 1e-3
+
+
+class DistilledDiscFlow(DiscFlow):
+    """A Discriminator Flow distilled into a generator: the GPM paper's PM → Int-PM pairing.
+
+    Phase 1 trains the discriminator flow as :class:`DiscFlow`. Phase 2 fits a generator g to the
+    flow's map: g(z) ≈ Φ(z), the end point of the flow started at x_0 = z, by least squares on
+    fresh z. Sampling is then one generator call instead of ``flow_steps`` gradient evaluations.
+    """
+
+    name = "disc-flow-gen"
+    kind = "Int-PM"
+    summary = "a discriminator flow distilled into a generator g(z) ≈ flow end point from x_0 = z"
+    Options = DistilledOptions
+
+    def __init__(self, data, options, device):
+        super().__init__(data, options, device)
+        self.g = mlp(self.dim, self.dim, self.opts.hidden, self.opts.depth).to(self.device)
+        self.g_opt = adam(self.g.parameters(), self.opts.gen_lr)
+
+    @property
+    def total_steps(self):
+        return self.opts.steps + self.opts.distill_steps
+
+    def modules(self):
+        return {**super().modules(), "generator": self.g}
+
+    def optimizers(self):
+        return {**super().optimizers(), "generator": self.g_opt}
+
+    def train_step(self, step):
+        if step < self.opts.steps:
+            return super().train_step(step)
+        z = torch.randn(self.opts.batch, self.dim, device=self.device)
+        target = self.flow(z)[-1]
+        return {"distill_loss": step_on(self.g_opt, (self.g(z) - target).pow(2).sum(1).mean())}
+
+    @torch.no_grad()
+    def sample(self, n, generator, trajectory=False):
+        return Sample(self.g(self.prior(n, generator)), 1)
