@@ -47,6 +47,11 @@ class ScoreGAN(Method):
     Options = ScoreGANOptions
 
     @classmethod
+    def defaults(cls, data):
+        # Three network passes per generator step: smaller batches keep digits at a few minutes.
+        return {**super().defaults(data), "batch": 256} if data.is_image else {}
+
+    @classmethod
     def check(cls, o):
         if o.data_score not in ("net", "kde"):
             raise ValueError(f"option data_score must be 'net' or 'kde', got {o.data_score!r}")
