@@ -44,7 +44,7 @@ def samples_png(path: Path, x: Tensor, data: Dataset, title: str) -> None:
     x = x.detach().float().cpu()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     if data.is_image:
-        ax.imshow(_grid(x, 8, 8, data.image_shape), cmap="gray_r", vmin=-1, vmax=1)
+        ax.imshow(_grid(x, 8, 8, data.image_shape).numpy(), cmap="gray_r", vmin=-1, vmax=1)
         ax.axis("off")
     else:
         y = data.test[:2000]
@@ -72,7 +72,7 @@ def trajectory_png(path: Path, traj: Tensor, data: Dataset, title: str, label: s
         idx = torch.linspace(0, T - 1, cols).round().long()
         rows = min(traj.shape[1], 8)
         frames = traj[idx, :rows].transpose(0, 1).reshape(rows * cols, -1)
-        ax.imshow(_grid(frames, rows, cols, data.image_shape), cmap="gray_r", vmin=-1, vmax=1)
+        ax.imshow(_grid(frames, rows, cols, data.image_shape).numpy(), cmap="gray_r", vmin=-1, vmax=1)
         ax.set_xlabel(f"{label} →")
         ax.set_xticks([])
         ax.set_yticks([])
