@@ -1,7 +1,8 @@
 """Markdown table of baseline/ours median-time ratios from a pytest-benchmark JSON file.
 
 Usage: python benchmarks/report.py bench.json
-Each group holds our implementation ("tiled" or "ours") and one baseline (naive, torchsde, torchdiffeq).
+Each group holds one or more of our implementations (names starting "tiled" or "ours", e.g.
+"ours-compiled") and one baseline (naive, torchsde, torchdiffeq); one row per implementation of ours.
 """
 
 import json
@@ -16,15 +17,17 @@ def main(path):
     groups = defaultdict(dict)
     for b in data["benchmarks"]:
         groups[b["group"]][b["params"]["impl"]] = b["stats"]["median"]
-    print("| case | baseline | baseline median (ms) | ours median (ms) | baseline / ours |")
-    print("|---|---|---:|---:|---:|")
+    print("| case | baseline | baseline median (ms) | ours | ours median (ms) | baseline / ours |")
+    print("|---|---|---:|---|---:|---:|")
     for g in sorted(groups):
         t = groups[g]
-        ours = [k for k in t if k in OURS]
-        base = [k for k in t if k not in OURS]
-        if ours and base:
-            o, b = t[ours[0]], t[base[0]]
-            print(f"| {g} | {base[0]} | {b * 1e3:.1f} | {o * 1e3:.1f} | {b / o:.2f}x |")
+        ours = sorted(k for k in t if k.startswith(OURS))
+        base = [k for k in t if not k.startswith(OURS)]
+        if not base:
+            continue
+        b = t[base[0]]
+        for k in ours:
+            print(f"| {g} | {base[0]} | {b * 1e3:.1f} | {k} | {t[k] * 1e3:.1f} | {b / t[k]:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Fixed-step loops against torchsde (euler + BrownianInterval) and torchdiffeq (rk4, fixed step).
 
 A cheap linear (Ornstein–Uhlenbeck) field, so the figures measure the integrators' own cost.
+"ours-compiled" is the same loop with ``compile=True`` (the warm-up round pays the compile).
 Run: pytest benchmarks -k solvers --benchmark-only
 """
 
@@ -34,16 +35,17 @@ def run(benchmark, fn):
 
 
 @pytest.mark.parametrize("n,d,steps", CASES, ids=lambda v: str(v))
-@pytest.mark.parametrize("impl", ["ours", "torchsde"])
+@pytest.mark.parametrize("impl", ["ours", "ours-compiled", "torchsde"])
 def test_sde_euler(benchmark, impl, n, d, steps):
     benchmark.group = f"sde euler N={n} D={d} steps={steps}"
     x0 = torch.randn(n, d)
     ts = torch.tensor([0.0, 1.0])
     dt = 1.0 / steps
     sde = OU()
-    if impl == "ours":
+    if impl.startswith("ours"):
         g = torch.Generator().manual_seed(0)
-        run(benchmark, lambda: solvers.sdeint(sde, x0, ts, dt=dt, generator=g, save="last"))
+        kw = dict(compile=impl == "ours-compiled")
+        run(benchmark, lambda: solvers.sdeint(sde, x0, ts, dt=dt, generator=g, save="last", **kw))
     else:
         def theirs():
             bm = torchsde.BrownianInterval(t0=0.0, t1=1.0, size=x0.shape, dt=dt, entropy=0, levy_area_approximation="none")
@@ -52,13 +54,14 @@ def test_sde_euler(benchmark, impl, n, d, steps):
 
 
 @pytest.mark.parametrize("n,d,steps", CASES, ids=lambda v: str(v))
-@pytest.mark.parametrize("impl", ["ours", "torchdiffeq"])
+@pytest.mark.parametrize("impl", ["ours", "ours-compiled", "torchdiffeq"])
 def test_ode_rk4(benchmark, impl, n, d, steps):
     benchmark.group = f"ode rk4 N={n} D={d} steps={steps}"
     x0 = torch.randn(n, d)
     ts = torch.tensor([0.0, 1.0])
     grid = torch.linspace(0.0, 1.0, steps + 1)
-    if impl == "ours":
-        run(benchmark, lambda: solvers.odeint(field, x0, grid, method="rk4", save="last"))
+    if impl.startswith("ours"):
+        kw = dict(compile=impl == "ours-compiled")
+        run(benchmark, lambda: solvers.odeint(field, x0, grid, method="rk4", save="last", **kw))
     else:
         run(benchmark, lambda: torchdiffeq.odeint(field, x0, ts, method="rk4", options=dict(step_size=1.0 / steps))[-1])

@@ -10,6 +10,15 @@ drift: the marginals follow ∂q/∂t = −∇·(q [f + β(∇log p − ∇log q
 - g² = 2β (mix = 1): Langevin dynamics on p_σ, the score-based-diffusion end, and
 - g = 0 (mix = 0): the deterministic score-difference flow β(∇log p − ∇log q), the GAN end
   (the flow a generator trained against an optimal discriminator follows).
+
+Weight form. The same family written with a data-score weight w_p, a generated-score weight
+0 ≤ w_q ≤ w_p and the noise that keeps the marginals,
+
+    dx = [ f + w_p ∇log p_σ − w_q ∇log q_σ ] dt + √(2 (w_p − w_q)) dW,
+
+is :meth:`DiffFlowSDE.weighted`: w_q = 0 is the diffusion end, w_q = w_p the GAN end. As far as we
+could reconstruct Zhang et al.'s notation (their text was not available to us), their g(t), λ(t)
+and β(t, x) are w_p, w_q and f. In the form above: β = w_p, g = √(2 (w_p − w_q)), mix = 1 − w_q/w_p.
 """
 
 from __future__ import annotations
@@ -57,6 +66,22 @@ class DiffFlowSDE(SDE):
         return cls(data_score, generated_score, beta=b, g=lambda t: (2.0 * float(b(t)) * mix) ** 0.5, **kw)
 
     @classmethod
+    def weighted(cls, data_score: Score, generated_score: Score, *, w_p=1.0, w_q=0.0, **kw) -> "DiffFlowSDE":
+        """Drift f + w_p ∇log p − w_q ∇log q with noise √(2 (w_p − w_q)); numbers or functions of t, 0 ≤ w_q ≤ w_p."""
+        for name, v in (("w_p", w_p), ("w_q", w_q)):
+            if not callable(v) and not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"{name} must be a number >= 0 or a function of t, got {v!r}")
+        wp, wq = _schedule(w_p), _schedule(w_q)
+
+        def noise(t):
+            a, b = float(wp(t)), float(wq(t))
+            if b > a * (1 + 1e-12):
+                raise ValueError(f"DiffFlow needs w_q <= w_p (the noise is sqrt(2 (w_p - w_q))), got w_p={a:.6g}, w_q={b:.6g} at t={float(t):.6g}")
+            return (2.0 * max(a - b, 0.0)) ** 0.5
+
+        return cls(data_score, generated_score, beta=wp, g=noise, **kw)
+
+    @classmethod
     def from_samples(cls, data: Tensor, sigma: Union[float, Callable], **kw) -> "DiffFlowSDE":
         """Both scores in closed form: exact scores of the data and of the particles convolved with N(0, σ(t)² I)."""
         sig = _schedule(sigma)
@@ -64,6 +89,8 @@ class DiffFlowSDE(SDE):
         gen_score = lambda t, x: gk.kde_score(x, x.detach(), bandwidth=float(sig(t)))
         if "mix" in kw:
             return cls.mixed(data_score, gen_score, **kw)
+        if "w_p" in kw or "w_q" in kw:
+            return cls.weighted(data_score, gen_score, **kw)
         return cls(data_score, gen_score, **kw)
 
     def drift(self, t, x):

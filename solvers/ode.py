@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from . import _checks
+from . import _graph
 
 Tensor = torch.Tensor
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -107,7 +108,8 @@ def odeint(
             as tensor inputs, and reuse it for every step. The first call pays the compile time.
         cuda_graph: on CUDA, capture one step in a CUDA graph and replay it (no per-step launch
             overhead). The field must be capturable: no host syncs, no data-dependent shapes, no
-            CPU tensors. Finiteness is then checked at the saved states, not at every step.
+            CPU tensors. Finiteness is still checked at every step, on the device, and read
+            once at the end (the error names the first bad step).
     """
     x = _checks.state(x0)
     ts = _checks.times(ts, x)
@@ -115,10 +117,7 @@ def odeint(
     _checks.save_mode(save)
     if not callable(field):
         raise TypeError(f"field must be callable as field(t, x), got {type(field).__name__}")
-    if cuda_graph and x.device.type != "cuda":
-        raise ValueError(f"cuda_graph=True needs particles on a CUDA device, got x0 on {x.device}")
-    if cuda_graph and compile:
-        raise ValueError("choose one of compile=True and cuda_graph=True")
+    _graph.check_options(x, compile, cuda_graph)
     _checks.field_output(field(ts[0], x), x, "field")  # one probe call: shape errors name the field
     n = ts.numel() - 1
     # Per-step constants prepared once: no tensor indexing or host syncs inside the loop.
@@ -131,15 +130,23 @@ def odeint(
     out = x.new_empty((n + 1,) + tuple(x.shape)) if save == "all" else None
     if out is not None:
         out[0] = x
-    if cuda_graph:
-        return _graph_loop(field, m, x, t_at, halves, dts, out, callback, check_finite)
 
-    def one_step(t0, th, t1, dt, x):
+    def one_step(x, t0, th, t1, dt):
         return m.step(field, t0, th, t1, dt, x)
 
+    if cuda_graph:
+        def after(i, xs):
+            if out is not None:
+                out[i].copy_(xs)
+            if callback is not None:
+                callback(i, t_at[i], xs)
+
+        inputs = lambda i: {"t0": t_at[i], "th": halves[i], "t1": t_at[i + 1], "dt": dts[i]}
+        last = _graph.replay_loop(one_step, x, inputs, n, t_at, after, check_finite)
+        return out if out is not None else last
     step = torch.compile(one_step, dynamic=False) if compile else one_step
     for i in range(n):
-        x = step(t_at[i], halves[i], t_at[i + 1], dts[i], x)
+        x = step(x, t_at[i], halves[i], t_at[i + 1], dts[i])
         if check_finite:
             _checks.finite_after(x, i + 1, t_at[i + 1])
         if out is not None:
@@ -147,41 +154,3 @@ def odeint(
         if callback is not None:
             callback(i + 1, t_at[i + 1], x)
     return out if out is not None else x
-
-
-def _graph_loop(field, m, x, t_at, halves, dts, out, callback, check_finite):
-    """Capture one step in a CUDA graph (static input buffers), then replay it per step."""
-    static = {"t0": t_at[0].clone(), "th": halves[0].clone(), "t1": t_at[1].clone(), "dt": dts[0].clone(), "x": x.clone()}
-
-    def run():
-        return m.step(field, static["t0"], static["th"], static["t1"], static["dt"], static["x"])
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):  # warm-up outside the graph (allocator, lazy init)
-            run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = run()
-    for i in range(len(dts)):
-        static["t0"].copy_(t_at[i])
-        static["th"].copy_(halves[i])
-        static["t1"].copy_(t_at[i + 1])
-        static["dt"].copy_(dts[i])
-        graph.replay()
-        static["x"].copy_(static_out)
-        if out is not None:
-            out[i + 1].copy_(static_out)
-        if callback is not None:
-            callback(i + 1, t_at[i + 1], static["x"])
-    last = static["x"].clone()
-    if check_finite:
-        states = out if out is not None else last.unsqueeze(0)
-        bad = (~torch.isfinite(states.flatten(1))).any(1).nonzero()
-        if bad.numel():
-            k = int(bad[0])
-            raise _checks.NonFiniteError(f"particles became non-finite by step {k} (t = {float(t_at[k]):.6g}); "
-                                         "with cuda_graph=True finiteness is checked at the saved states")
-    return out if out is not None else last

@@ -16,8 +16,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from . import _checks
+from . import _checks, _graph
 from .edm import edm_step
+from .ode import _axpy
 
 Tensor = torch.Tensor
 
@@ -52,10 +53,14 @@ def _noise_shape(sde, x: Tensor):
 
 
 class _Increments:
-    """Brownian increments: drawn with a generator, read from a tensor, or from bm(t0, t1)."""
+    """Brownian increments: drawn with a generator, read from a tensor, or from bm(t0, t1).
 
-    def __init__(self, bm, generator, shape, x: Tensor, n_steps: int):
-        self.bm, self.generator, self.shape, self.x = bm, generator, shape, x
+    The increment of step k is dW_k = scale_k · draw(k, ...): folding the scale (√|Δt| for drawn
+    normals, the direction's sign for a given Brownian motion) into the update saves a pass.
+    """
+
+    def __init__(self, bm, generator, shape, x: Tensor, n_steps: int, backwards: bool):
+        self.bm, self.generator, self.shape, self.x, self.backwards = bm, generator, shape, x, backwards
         if isinstance(bm, torch.Tensor):
             want = (n_steps,) + shape
             if tuple(bm.shape) != want:
@@ -63,30 +68,37 @@ class _Increments:
         elif bm is not None and not callable(bm):
             raise TypeError("bm must be None, a tensor of increments, or a callable bm(t0, t1) such as torchsde.BrownianInterval")
 
-    def __call__(self, k: int, t0: Tensor, t1: Tensor, dt: float):
-        """(z, scale) with the increment dW = scale · z; the scale is folded into the update."""
+    def scales(self, steps):
         if self.bm is None:
-            z = torch.randn(self.shape, generator=self.generator, dtype=self.x.dtype, device=self.x.device)
-            return z, math.sqrt(abs(dt))
-        if isinstance(self.bm, torch.Tensor):
-            return self.bm[k], 1.0
+            return [math.sqrt(abs(h)) for h in steps]
         # torchsde's Brownian objects take the ordered pair; the increment over a backwards
         # step is the negative of the forward increment.
-        if t1 >= t0:
-            return self.bm(t0, t1).reshape(self.shape), 1.0
-        return self.bm(t1, t0).reshape(self.shape), -1.0
+        sign = -1.0 if self.backwards and not isinstance(self.bm, torch.Tensor) else 1.0
+        return [sign] * len(steps)
+
+    def draw(self, k: int, t0: Tensor, t1: Tensor) -> Tensor:
+        if self.bm is None:
+            return torch.randn(self.shape, generator=self.generator, dtype=self.x.dtype, device=self.x.device)
+        if isinstance(self.bm, torch.Tensor):
+            return self.bm[k]
+        return (self.bm(t1, t0) if self.backwards else self.bm(t0, t1)).reshape(self.shape)
+
+
+def _noise(x: Tensor, g: Tensor, z: Tensor, s) -> Tensor:
+    """x + s g z in place on the fresh tensor x (s a float: one fused pass; a 0-d tensor in the
+    compiled and graph-captured loops, so that one graph serves every step)."""
+    return x.addcmul_(g, z, value=s) if isinstance(s, float) else x.add_(g * z * s)
 
 
 def _em(sde, t0, t1, dt, x, z, scale):
-    # x + dt f + g (scale z), as two fused passes.
-    return x.add(sde.drift(t0, x), alpha=dt).addcmul_(sde.diffusion(t0, x), z, value=scale)
+    return _noise(_axpy(x, sde.drift(t0, x), dt), sde.diffusion(t0, x), z, scale)
 
 
 def _heun(sde, t0, t1, dt, x, z, scale):
     f0, g0 = sde.drift(t0, x), sde.diffusion(t0, x)
-    pred = x.add(f0, alpha=dt).addcmul_(g0, z, value=scale)
+    pred = _noise(_axpy(x, f0, dt), g0, z, scale)
     f1, g1 = sde.drift(t1, pred), sde.diffusion(t1, pred)
-    return x.add(f0 + f1, alpha=0.5 * dt).addcmul_(g0 + g1, z, value=0.5 * scale)
+    return _noise(_axpy(x, f0 + f1, 0.5 * dt), g0 + g1, z, 0.5 * scale)
 
 
 SDE_METHODS = {"euler_maruyama": _em, "heun": _heun, "edm": None}
@@ -117,6 +129,8 @@ def sdeint(
     save: str = "all",
     callback: Optional[Callable[[int, Tensor, Tensor], None]] = None,
     check_finite: bool = True,
+    compile: bool = False,
+    cuda_graph: bool = False,
     churn: float = 0.0,
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
@@ -134,13 +148,23 @@ def sdeint(
         bm: given increments instead: a tensor (steps, *noise_shape) or a callable
             bm(t0, t1) -> W(t1) − W(t0), e.g. ``torchsde.BrownianInterval``.
         save: "all" -> (len(ts), *x0.shape); "last" -> final state.
+        callback: called as callback(step, t, x) after every step.
+        check_finite: stop with ``NonFiniteError`` naming the step when particles turn non-finite.
+        compile: ``torch.compile`` one step (drift, diffusion and update) once, with the times,
+            step and increment as inputs, and reuse it for every step (euler_maruyama, heun).
+        cuda_graph: on CUDA, capture one step in a CUDA graph and replay it (euler_maruyama,
+            heun). The increments are drawn outside the graph, so they are the same numbers as
+            in the eager loop. drift and diffusion must be capturable (no host syncs).
         churn, s_tmin, s_tmax, s_noise: EDM's S_churn, S_tmin, S_tmax, S_noise.
     """
     x = _checks.state(x0)
     ts = _checks.times(ts, x)
     step_fn = _checks.method(method, SDE_METHODS, "SDE")
     _checks.save_mode(save)
+    _graph.check_options(x, compile, cuda_graph)
     if method == "edm":
+        if compile or cuda_graph:
+            raise ValueError('compile and cuda_graph are for method="euler_maruyama" or "heun", not "edm"')
         if not callable(getattr(sde, "denoiser", None)):
             raise TypeError('method="edm" needs an object with denoiser(x, sigma) (e.g. solvers.EDMDenoiser)')
         if not bool((ts[1:] < ts[:-1]).all()) or float(ts[-1]) < 0:
@@ -156,34 +180,55 @@ def sdeint(
             raise ValueError(f'method="heun" is the stochastic Heun scheme for additive noise; this SDE has noise_type={nt!r}')
         _checks.field_output(sde.drift(ts[0], x), x, "sde.drift")
     grid = _substeps(ts, dt)
-    save_at = torch.searchsorted(grid.flip(0) if grid[0] > grid[-1] else grid, ts.flip(0) if ts[0] > ts[-1] else ts)
+    backwards = bool(grid[0] > grid[-1])
+    save_at = torch.searchsorted(grid.flip(0) if backwards else grid, ts.flip(0) if backwards else ts)
     n = grid.numel() - 1
     steps = (grid[1:] - grid[:-1]).tolist()
     t_at = list(grid.unbind())
-    noise_shape = tuple(x.shape) if method == "edm" else _noise_shape(sde, x)
-    inc = None if method == "edm" else _Increments(bm, generator, noise_shape, x, n)
-    # Indices into the step grid at which ts points fall (grids are built from ts, so exact).
-    save_idx = set((n - save_at).tolist()) if grid[0] > grid[-1] else set(save_at.tolist())
+    # Indices into the step grid at which ts points fall (grids are built from ts, so exact),
+    # mapped to their row of the output.
+    save_row = {int(k): r for r, k in enumerate(((n - save_at).flip(0) if backwards else save_at).tolist())}
     out = x.new_empty((ts.numel(),) + tuple(x.shape)) if save == "all" else None
-    k_out = 0
     if out is not None:
         out[0] = x
-        k_out = 1
-    gamma_max = math.sqrt(2.0) - 1.0
-    n_sig = max(n, 1)
-    for i in range(n):
-        t0, t1, h = t_at[i], t_at[i + 1], steps[i]
-        if method == "edm":
-            gamma = min(churn / n_sig, gamma_max) if s_tmin <= float(t0) <= s_tmax else 0.0
-            x = edm_step(sde.denoiser, x, t0, t1, gamma, s_noise, generator)
-        else:
-            z, scale = inc(i, t0, t1, h)
-            x = step_fn(sde, t0, t1, h, x, z, scale)
-        if check_finite:
-            _checks.finite_after(x, i + 1, t1)
-        if out is not None and (i + 1) in save_idx:
-            out[k_out] = x
-            k_out += 1
+
+    def after(i, xs):
+        if out is not None and i in save_row:
+            out[save_row[i]] = xs
         if callback is not None:
-            callback(i + 1, t1, x)
+            callback(i, t_at[i], xs)
+
+    if method == "edm":
+        gamma_max = math.sqrt(2.0) - 1.0
+        for i in range(n):
+            t0 = t_at[i]
+            gamma = min(churn / max(n, 1), gamma_max) if s_tmin <= float(t0) <= s_tmax else 0.0
+            x = edm_step(sde.denoiser, x, t0, t_at[i + 1], gamma, s_noise, generator)
+            if check_finite:
+                _checks.finite_after(x, i + 1, t_at[i + 1])
+            after(i + 1, x)
+        return out if out is not None else x
+
+    inc = _Increments(bm, generator, _noise_shape(sde, x), x, n, backwards)
+    scales = inc.scales(steps)
+    dts = steps
+    if compile or cuda_graph:
+        # Tensors, not Python floats: one compiled graph / captured graph serves every step.
+        dts = list((grid[1:] - grid[:-1]).unbind())
+        scales = list(torch.tensor(scales, dtype=x.dtype, device=x.device).unbind())
+
+    def one_step(x, t0, t1, dt, z, scale):
+        return step_fn(sde, t0, t1, dt, x, z, scale)
+
+    if cuda_graph:
+        inputs = lambda i: {"t0": t_at[i], "t1": t_at[i + 1], "dt": dts[i], "z": inc.draw(i, t_at[i], t_at[i + 1]),
+                            "scale": scales[i]}
+        last = _graph.replay_loop(one_step, x, inputs, n, t_at, after, check_finite)
+        return out if out is not None else last
+    step = torch.compile(one_step, dynamic=False) if compile else one_step
+    for i in range(n):
+        x = step(x, t_at[i], t_at[i + 1], dts[i], inc.draw(i, t_at[i], t_at[i + 1]), scales[i])
+        if check_finite:
+            _checks.finite_after(x, i + 1, t_at[i + 1])
+        after(i + 1, x)
     return out if out is not None else x

@@ -205,3 +205,43 @@ def test_our_sde_objects_work_with_torchsde_adjoint():
         gaps.append(abs(float(g_adj - g_dir)))
     # The adjoint's gradient is itself an Euler solve: its gap to backprop shrinks with dt.
     assert gaps[1] < 0.5 * gaps[0]
+
+
+def test_backwards_integration_uses_the_negated_forward_increments():
+    # dx = dW run from t = 1 down to 0 over a given Brownian path ends at x(1) + W(0) − W(1).
+    pytest.importorskip("torchsde")
+
+    class Noise(SDE):
+        noise_type = "additive"
+
+        def drift(self, t, x):
+            return torch.zeros_like(x)
+
+        def diffusion(self, t, x):
+            return torch.ones_like(x)
+
+    x1 = torch.rand(8, 2, dtype=torch.float64)
+    bm = solvers.brownian_interval(x1, 0.0, 1.0, 2.0**-4, seed=4)
+    x0 = sdeint(Noise(), x1, torch.tensor([1.0, 0.0], dtype=torch.float64), dt=2.0**-4, bm=bm, save="last")
+    torch.testing.assert_close(x0, x1 - bm(0.0, 1.0), rtol=1e-12, atol=1e-12)
+
+
+def test_diffflow_weight_form_is_the_same_family():
+    # drift f + w_p ∇log p − w_q ∇log q, noise √(2 (w_p − w_q)) == mixed(beta=w_p, mix=1 − w_q/w_p).
+    p_score = lambda t, x: -(x - 1.0) / 0.5
+    q_score = lambda t, x: -x / (1.0 + t)
+    f = lambda t, x: 0.1 * torch.sin(x)
+    x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor(0.3, dtype=torch.float64)
+    for w_p, w_q in [(0.8, 0.0), (0.8, 0.2), (0.8, 0.8)]:
+        sde = solvers.DiffFlowSDE.weighted(p_score, q_score, w_p=w_p, w_q=w_q, extra_drift=f)
+        torch.testing.assert_close(sde.drift(t, x), f(t, x) + w_p * p_score(t, x) - w_q * q_score(t, x))
+        torch.testing.assert_close(sde.diffusion(t, x), torch.full_like(x, math.sqrt(2 * (w_p - w_q))))
+        mixed = solvers.DiffFlowSDE.mixed(p_score, q_score, beta=w_p, mix=1 - w_q / w_p, extra_drift=f)
+        torch.testing.assert_close(sde.drift(t, x), mixed.drift(t, x))
+        torch.testing.assert_close(sde.diffusion(t, x), mixed.diffusion(t, x))
+    bad = solvers.DiffFlowSDE.weighted(p_score, q_score, w_p=0.5, w_q=lambda t: 1.0)
+    with pytest.raises(ValueError, match=r"w_q <= w_p .* w_p=0.5, w_q=1"):
+        bad.diffusion(t, x)
+    with pytest.raises(ValueError, match="w_p must be a number >= 0"):
+        solvers.DiffFlowSDE.weighted(p_score, q_score, w_p=-1.0)
