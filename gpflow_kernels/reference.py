@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-from .kernels import Kernel
+from .kernels import Kernel, exp_
 
 Tensor = torch.Tensor
 
@@ -254,7 +254,7 @@ def softmax_mean(x: Tensor, y: Tensor, s2: Tensor) -> Tuple[Tensor, Tensor]:
         # to the new running maximum m_new.
         lse_old = lse[bs, rs]
         m_new = torch.maximum(lse_old, ell.amax(-1))
-        p = torch.exp(ell - m_new[..., None])
+        p = exp_(ell - m_new[..., None])
         w_old = torch.exp(lse_old - m_new)  # weight of the mean so far; exp(-inf) = 0 on the first tile
         total = w_old + p.sum(-1)
         mu[bs, rs] = (mu[bs, rs] * w_old[..., None] + torch.bmm(p, yt)) / total[..., None]
@@ -283,7 +283,7 @@ def softmax_mean_backward(x, y, s2, lse, mu, g, needs) -> Tuple[Optional[Tensor]
         xt, yt, gt = xc[bs, rs], yc[bs, cs], g[bs, rs]
         ib = inv[bs] if inv.shape[0] > 1 else inv
         sb = invs2[bs] if invs2.shape[0] > 1 else invs2
-        p = torch.exp(_logits(geo, xt, yt, bs, rs, cs, ib) - lse[bs, rs, None])
+        p = exp_(_logits(geo, xt, yt, bs, rs, cs, ib) - lse[bs, rs, None])
         c = p * (torch.bmm(gt, yt.transpose(1, 2)) - gmu[bs, rs, None])
         if gx is not None:
             gx[bs, rs] += torch.bmm(c, yt) * sb

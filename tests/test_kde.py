@@ -70,3 +70,18 @@ def test_several_bandwidths_are_rejected():
     x = torch.randn(3, 2)
     with pytest.raises(ValueError, match="single bandwidth"):
         gk.kde_score(x, x, bandwidth=torch.tensor([0.1, 0.2]))
+
+
+@pytest.mark.parametrize("D", [2, 32])
+def test_small_bandwidth_with_most_pairs_past_the_exp_floor(D, tiles, rng):
+    # Logits of most pairs lie far below exp's underflow (clamped at EXP_FLOOR for speed), a few
+    # neighbours still matter: the float32 result must keep the float64 softmax's digits.
+    y = rng.normal(size=(40, D)) * 5
+    x = 0.5 * (y[:5] + y[5:10]) + 0.02 * rng.normal(size=(5, D))
+    sigma = 0.2 * np.sqrt(D)
+    r2 = ((x[:, None] - y[None]) ** 2).sum(-1)
+    logits = -r2 / (2 * sigma**2)
+    assert (logits - logits.max(1, keepdims=True) < -80).mean() > 0.5
+    want = softmax(logits, axis=1) @ y
+    got = gk.kde_denoiser(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32), bandwidth=sigma)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4 * np.abs(y).max())

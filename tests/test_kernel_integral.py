@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +67,22 @@ def test_non_contiguous_inputs(rng):
     got = gk.kernel_integral(x, y)
     want = dense.kernel_matrix("gaussian", x.numpy(), y.numpy(), 1.0).sum(1)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+
+
+def test_exp_floor_keeps_values_and_only_raises_underflowing_ones():
+    from gpflow_kernels.kernels import EXP_FLOOR, exp_
+
+    for dt in (torch.float32, torch.float64):
+        a = torch.linspace(-900, 5, 1001, dtype=dt)
+        got = exp_(a.clone())
+        keep = a >= EXP_FLOOR[dt]
+        torch.testing.assert_close(got[keep], torch.exp(a[keep]), rtol=2 * torch.finfo(dt).eps, atol=0)
+        assert torch.equal(got[~keep], torch.full_like(got[~keep], math.exp(EXP_FLOOR[dt])))
+
+
+def test_far_apart_points_give_negligible_gaussian_integrals():
+    # Every pair is ~10^4 bandwidths apart: exact value ~e^-(5e7); ours is at most M e^-80.
+    x = torch.zeros(3, 2)
+    y = torch.full((4, 2), 100.0)
+    out = gk.kernel_integral(x, y, torch.ones(4, 1), bandwidth=0.01)
+    assert torch.isfinite(out).all() and float(out.abs().max()) <= 4 * math.exp(-80) * 1.01

@@ -65,6 +65,15 @@ def test_median_bandwidth_is_median_pairwise_distance_of_pooled_points(rng):
     torch.testing.assert_close(got, gk.mmd_field(t64(x), t64(y), bandwidth=sigma))
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 601])
+def test_median_selection_equals_numpy_median_with_ties(rng, n):
+    # The heuristic selects the middle values instead of sorting; ties decide the upper one.
+    from gpflow_kernels._bandwidth import _median
+
+    for d in (rng.random(size=(3, n)), rng.integers(0, 4, size=(3, n)).astype(float)):
+        np.testing.assert_allclose(_median(t64(d)).numpy(), np.median(d, axis=-1), rtol=1e-15)
+
+
 def test_field_is_minus_half_n_times_gradient_of_mmd2(rng):
     x = t64(rng.normal(size=(11, 4))).requires_grad_()
     y = t64(rng.normal(size=(9, 4)) + 0.5)
