@@ -64,3 +64,44 @@ def field_output(out, x: Tensor, what: str) -> Tensor:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"{what} must return a tensor shaped like the state {tuple(x.shape)}, got {got}")
     return out
+
+
+class FiniteWatch:
+    """Checks the particles after every step of a loop over the grid ``t_at``.
+
+    On the CPU the check is immediate (``finite_after``). Elsewhere (``lazy``) reading a flag
+    back every step would stall the device, so the step number of the first non-finite state is
+    kept on the device, updated without a host sync (and capturable in a CUDA graph), and read
+    once by :meth:`finish`, which raises the same error naming the same step.
+    """
+
+    def __init__(self, x: Tensor, t_at, enabled: bool, lazy: bool = None):
+        self.enabled, self.t_at = enabled, t_at
+        self.lazy = enabled and (x.device.type != "cpu" if lazy is None else lazy)
+        if self.lazy:
+            self.step_no = torch.zeros((), dtype=torch.int64, device=x.device)
+            self.first = torch.full((), -1, dtype=torch.int64, device=x.device)
+            self.numbers = list(torch.arange(1, len(t_at), dtype=torch.int64, device=x.device).unbind())
+
+    def set_step(self, step: int) -> None:
+        self.step_no.copy_(self.numbers[step - 1])
+
+    def record(self, x: Tensor) -> None:
+        """Device side only: remember ``step_no`` if x is the first non-finite state."""
+        bad = ~torch.isfinite(x).all()
+        self.first.copy_(torch.where(bad & (self.first < 0), self.step_no, self.first))
+
+    def after(self, x: Tensor, step: int) -> None:
+        if not self.enabled:
+            return
+        if not self.lazy:
+            finite_after(x, step, self.t_at[step])
+            return
+        self.set_step(step)
+        self.record(x)
+
+    def finish(self) -> None:
+        if self.lazy:
+            k = int(self.first)
+            if k >= 0:
+                raise NonFiniteError(f"particles became non-finite at step {k} (t = {float(self.t_at[k]):.6g})")

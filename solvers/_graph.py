@@ -4,9 +4,9 @@ One step is captured once with static input buffers; each step then copies that 
 (times, step size, Brownian increment) into the buffers and replays the graph, so the per-step
 cost is the copies plus one graph launch instead of every kernel launch of the field.
 
-Finiteness is checked inside the graph: each replay folds "is any particle non-finite?" into a
-device-side index of the first bad step, read once after the loop. The error therefore names the
-same step as the eager loop's, without a host sync per step.
+Finiteness is checked inside the graph (``_checks.FiniteWatch``): each replay folds "is any
+particle non-finite?" into a device-side index of the first bad step, read once after the loop.
+The error therefore names the same step as the eager loop's, without a host sync per step.
 """
 
 from __future__ import annotations
@@ -67,31 +67,27 @@ def replay_loop(
     Returns the final state (a fresh tensor).
     """
     capture = CudaCapture()  # looked up at call time: the CPU tests put a stand-in here
+    watch = _checks.FiniteWatch(x, t_at, check_finite, lazy=True)
     static = {k: v.clone() for k, v in inputs_at(0).items()}
     static["x"] = x.clone()
-    step_no = torch.zeros((), dtype=torch.int64, device=x.device)
-    first_bad = torch.full((), -1, dtype=torch.int64, device=x.device)
-    numbers = list(torch.arange(n, dtype=torch.int64, device=x.device).unbind())
 
     def run():
         new = step(**static)
         if check_finite:
-            bad = ~torch.isfinite(new).all()
-            first_bad.copy_(torch.where(bad & (first_bad < 0), step_no, first_bad))
+            watch.record(new)
         return new
 
     static_out = capture.capture(run)
-    first_bad.fill_(-1)  # the warm-up runs may have written it
+    if check_finite:
+        watch.first.fill_(-1)  # the warm-up runs may have written it
     for i in range(n):
         if i > 0:
             for k, v in inputs_at(i).items():
                 static[k].copy_(v)
-        step_no.copy_(numbers[i])
+        if check_finite:
+            watch.set_step(i + 1)
         capture.replay()
         static["x"].copy_(static_out)
         after(i + 1, static["x"])
-    if check_finite:
-        k = int(first_bad)
-        if k >= 0:
-            raise _checks.NonFiniteError(f"particles became non-finite at step {k + 1} (t = {float(t_at[k + 1]):.6g})")
+    watch.finish()
     return static["x"].clone()

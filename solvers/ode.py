@@ -103,13 +103,14 @@ def odeint(
         method: "euler", "midpoint", "heun" (2nd order) or "rk4".
         save: "all" returns (len(ts), *x0.shape) with x0 first; "last" returns the final state.
         callback: called as callback(step, t, x) after every step.
-        check_finite: stop with ``NonFiniteError`` naming the step when particles turn non-finite.
+        check_finite: raise ``NonFiniteError`` naming the step when particles turn non-finite. On
+            the CPU the loop stops at that step; on a GPU the check stays on the device (no host
+            sync per step) and the error is raised when the loop ends.
         compile: ``torch.compile`` one step (field included) once, with the times and step size
             as tensor inputs, and reuse it for every step. The first call pays the compile time.
         cuda_graph: on CUDA, capture one step in a CUDA graph and replay it (no per-step launch
             overhead). The field must be capturable: no host syncs, no data-dependent shapes, no
-            CPU tensors. Finiteness is still checked at every step, on the device, and read
-            once at the end (the error names the first bad step).
+            CPU tensors.
     """
     x = _checks.state(x0)
     ts = _checks.times(ts, x)
@@ -145,12 +146,13 @@ def odeint(
         last = _graph.replay_loop(one_step, x, inputs, n, t_at, after, check_finite)
         return out if out is not None else last
     step = torch.compile(one_step, dynamic=False) if compile else one_step
+    watch = _checks.FiniteWatch(x, t_at, check_finite)
     for i in range(n):
         x = step(x, t_at[i], halves[i], t_at[i + 1], dts[i])
-        if check_finite:
-            _checks.finite_after(x, i + 1, t_at[i + 1])
+        watch.after(x, i + 1)
         if out is not None:
             out[i + 1] = x
         if callback is not None:
             callback(i + 1, t_at[i + 1], x)
+    watch.finish()
     return out if out is not None else x

@@ -149,7 +149,9 @@ def sdeint(
             bm(t0, t1) -> W(t1) − W(t0), e.g. ``torchsde.BrownianInterval``.
         save: "all" -> (len(ts), *x0.shape); "last" -> final state.
         callback: called as callback(step, t, x) after every step.
-        check_finite: stop with ``NonFiniteError`` naming the step when particles turn non-finite.
+        check_finite: raise ``NonFiniteError`` naming the step when particles turn non-finite. On
+            the CPU the loop stops at that step; on a GPU the check stays on the device (no host
+            sync per step) and the error is raised when the loop ends.
         compile: ``torch.compile`` one step (drift, diffusion and update) once, with the times,
             step and increment as inputs, and reuse it for every step (euler_maruyama, heun).
         cuda_graph: on CUDA, capture one step in a CUDA graph and replay it (euler_maruyama,
@@ -192,6 +194,8 @@ def sdeint(
     if out is not None:
         out[0] = x
 
+    watch = _checks.FiniteWatch(x, t_at, check_finite)
+
     def after(i, xs):
         if out is not None and i in save_row:
             out[save_row[i]] = xs
@@ -200,13 +204,13 @@ def sdeint(
 
     if method == "edm":
         gamma_max = math.sqrt(2.0) - 1.0
+        sigmas = grid.tolist()
         for i in range(n):
-            t0 = t_at[i]
-            gamma = min(churn / max(n, 1), gamma_max) if s_tmin <= float(t0) <= s_tmax else 0.0
-            x = edm_step(sde.denoiser, x, t0, t_at[i + 1], gamma, s_noise, generator)
-            if check_finite:
-                _checks.finite_after(x, i + 1, t_at[i + 1])
+            gamma = min(churn / max(n, 1), gamma_max) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+            x = edm_step(sde.denoiser, x, t_at[i], t_at[i + 1], gamma, s_noise, generator)
+            watch.after(x, i + 1)
             after(i + 1, x)
+        watch.finish()
         return out if out is not None else x
 
     inc = _Increments(bm, generator, _noise_shape(sde, x), x, n, backwards)
@@ -228,7 +232,7 @@ def sdeint(
     step = torch.compile(one_step, dynamic=False) if compile else one_step
     for i in range(n):
         x = step(x, t_at[i], t_at[i + 1], dts[i], inc.draw(i, t_at[i], t_at[i + 1]), scales[i])
-        if check_finite:
-            _checks.finite_after(x, i + 1, t_at[i + 1])
+        watch.after(x, i + 1)
         after(i + 1, x)
+    watch.finish()
     return out if out is not None else x

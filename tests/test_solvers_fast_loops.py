@@ -174,3 +174,24 @@ def test_cuda_graph_non_finite_step_on_the_gpu():
     with pytest.raises(NonFiniteError, match=r"at step \d+"):
         sdeint(Explode(), torch.ones(3, 2, device="cuda"), torch.linspace(0, 1, 100, device="cuda"),
                generator=torch.Generator(device="cuda").manual_seed(0), cuda_graph=True)
+
+
+def test_lazy_finite_watch_names_the_first_bad_step():
+    # The device-side bookkeeping used on GPUs (no host sync per step), exercised on the CPU.
+    from solvers._checks import FiniteWatch
+
+    t_at = list(torch.linspace(0, 1, 6).unbind())
+    x = torch.ones(4, 2)
+    watch = FiniteWatch(x, t_at, enabled=True, lazy=True)
+    for step in range(1, 6):
+        state = x.clone()
+        if step >= 3:
+            state[step - 3, 0] = float("nan") if step % 2 else float("inf")
+        watch.after(state, step)
+    with pytest.raises(NonFiniteError, match=r"at step 3 \(t = 0\.6\)"):
+        watch.finish()
+    quiet = FiniteWatch(x, t_at, enabled=True, lazy=True)
+    for step in range(1, 6):
+        quiet.after(x, step)
+    quiet.finish()
+    assert not FiniteWatch(x, t_at, enabled=True).lazy  # immediate checks on the CPU
