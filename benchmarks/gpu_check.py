@@ -1,9 +1,10 @@
 """One call on a GPU machine: check the Triton kernels against float64, then time them.
 
 Usage (from the repository root): python benchmarks/gpu_check.py [--quick]
-Prints a table of median times (CUDA events via triton.testing.do_bench), pairs per second and
+Checks the Triton (and, where built, CUDA) backends against the float64 torch reference, then
+prints a table of median times (CUDA events via triton.testing.do_bench), pairs per second and
 the fraction of the exp-throughput ceiling, for mmd_field, kernel_integral and kde_score, with the
-tiled torch path (and pykeops when installed) as baselines in the same run.
+tiled torch path (and pykeops when installed, checked against ours first) as baselines.
 
 Per pair, the Gaussian mmd_field forward at small D costs one exp2 plus about 3D + 4 FLOPs
 (D subtractions and D FMAs for r², the scale, the weight, the row sum, D FMAs for W·y), and moves
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # keops_ops
 import gpflow_kernels as gk  # noqa: E402
 
 EXP_PER_S = 132 * 16 * 1.98e9  # H100 SXM MUFU ceiling (datasheet lead; measure to confirm)
@@ -28,6 +30,33 @@ EXP_PER_S = 132 * 16 * 1.98e9  # H100 SXM MUFU ceiling (datasheet lead; measure 
 
 def rel_err(got, ref):
     return float((got.double() - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def backends(d):
+    """Our GPU backends for point dimension d: triton always, cuda where the extension is built."""
+    from gpflow_kernels import _cuda
+
+    return ["triton"] + (["cuda"] if _cuda.available() and d <= _cuda.MAX_D else [])
+
+
+OPS = {
+    "mmd_field": lambda a, b, c, s, be: gk.mmd_field(a, b, bandwidth=s, backend=be),
+    "kernel_integral": lambda a, b, c, s, be: gk.kernel_integral(a, b, c, bandwidth=s, backend=be),
+    "kde_score": lambda a, b, c, s, be: gk.kde_score(a, b, bandwidth=s, backend=be),
+}
+
+
+def keops_op(name):
+    """The KeOps baseline of op ``name`` (same arguments as OPS), or None."""
+    try:
+        import keops_ops
+    except ImportError:
+        return None
+    if name == "mmd_field":
+        return lambda a, b, c, s: keops_ops.mmd_field(a, b, s)
+    if name == "kernel_integral":
+        return lambda a, b, c, s: keops_ops.kernel_integral(a, b, c, s)
+    return None
 
 
 def check(n=3000, m=2500):
@@ -39,17 +68,14 @@ def check(n=3000, m=2500):
         v = torch.randn(2, m, 3, device="cuda", generator=g)
         s = 0.7 * d**0.5
         X, Y, V = x.double(), y.double(), v.double()
-        for name, f in [
-            ("mmd_field", lambda a, b, c, be: gk.mmd_field(a, b, bandwidth=s, backend=be)),
-            ("kernel_integral", lambda a, b, c, be: gk.kernel_integral(a, b, c, kernel="imq", bandwidth=s, backend=be)),
-            ("kde_score", lambda a, b, c, be: gk.kde_score(a, b, bandwidth=s, backend=be)),
-        ]:
-            ref = f(X, Y, V, "torch")
-            rows.append((name, d, rel_err(f(x, y, v, "triton"), ref), rel_err(f(X, Y, V, "triton"), ref)))
-    print("| op | D | rel err fp32 | rel err fp64 |")
+        for name, f in OPS.items():
+            ref = f(X, Y, V, s, "torch")
+            for be in backends(d):
+                rows.append((name, d, be, rel_err(f(x, y, v, s, be), ref), rel_err(f(X, Y, V, s, be), ref)))
+    print("| op | D | backend | rel err fp32 | rel err fp64 |")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.2e} | {r[3]:.2e} |")
-    bad = [r for r in rows if not (r[2] < 1e-4 and r[3] < 1e-10)]
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2e} | {r[4]:.2e} |")
+    bad = [r for r in rows if not (r[3] < 1e-4 and r[4] < 1e-10)]
     if bad:
         raise SystemExit(f"accuracy check failed: {bad}")
 
@@ -64,13 +90,20 @@ def bench(quick):
     for n, d in sizes:
         x = torch.randn(n, d, device="cuda")
         y = torch.randn(n, d, device="cuda") + 0.5
+        v = torch.randn(n, 4, device="cuda")
         s = 0.5 * d**0.5
-        for impl in ("triton", "torch"):
-            if impl == "torch" and n > 100_000:
-                continue
-            ms = do_bench(lambda: gk.mmd_field(x, y, bandwidth=s, backend=impl), warmup=50, rep=300, return_mode="median")
-            pairs = 2 * n * n / (ms * 1e-3)  # attract + repel terms
-            print(f"| mmd_field | {n} | {d} | {impl} | {ms:.3f} | {pairs:.3e} | {pairs / EXP_PER_S:.2f} |")
+        for name, f in OPS.items():
+            impls = {be: (lambda be=be: f(x, y, v, s, be)) for be in backends(d)}
+            if n <= 100_000:
+                impls["torch"] = lambda: f(x, y, v, s, "torch")
+            kf = keops_op(name)
+            if kf is not None:
+                torch.testing.assert_close(kf(x, y, v, s), f(x, y, v, s, "triton"), rtol=1e-3, atol=1e-4)
+                impls["keops"] = lambda: kf(x, y, v, s)
+            for impl, fn in impls.items():
+                ms = do_bench(fn, warmup=50, rep=300, return_mode="median")
+                pairs = (2 if name == "mmd_field" else 1) * n * n / (ms * 1e-3)  # mmd_field: attract + repel
+                print(f"| {name} | {n} | {d} | {impl} | {ms:.3f} | {pairs:.3e} | {pairs / EXP_PER_S:.2f} |")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/report.py bench.json
 Each group holds one or more of our implementations (names starting "tiled" or "ours", e.g.
-"ours-compiled") and one baseline (naive, torchsde, torchdiffeq); one row per implementation of ours.
+"ours-compiled") and one or more baselines (naive, keops, torchsde, torchdiffeq); one row per
+(baseline, implementation of ours) pair.
 """
 
 import json
@@ -22,12 +23,10 @@ def main(path):
     for g in sorted(groups):
         t = groups[g]
         ours = sorted(k for k in t if k.startswith(OURS))
-        base = [k for k in t if not k.startswith(OURS)]
-        if not base:
-            continue
-        b = t[base[0]]
-        for k in ours:
-            print(f"| {g} | {base[0]} | {b * 1e3:.1f} | {k} | {t[k] * 1e3:.1f} | {b / t[k]:.2f}x |")
+        for base in sorted(k for k in t if not k.startswith(OURS)):
+            b = t[base]
+            for k in ours:
+                print(f"| {g} | {base} | {b * 1e3:.1f} | {k} | {t[k] * 1e3:.1f} | {b / t[k]:.2f}x |")
 
 
 if __name__ == "__main__":

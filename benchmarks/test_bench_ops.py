@@ -1,4 +1,5 @@
-"""Each op against its naive dense torch version, in the same pytest-benchmark group.
+"""Each op against its naive dense torch version (and KeOps, where pykeops is installed), in the
+same pytest-benchmark group.
 
 Run: pytest benchmarks --benchmark-only   (ratios: python benchmarks/report.py FILE.json)
 """
@@ -21,13 +22,28 @@ def run(benchmark, fn):
     benchmark.pedantic(fn, rounds=9, warmup_rounds=2, iterations=1)
 
 
+def keops_baseline(name, ours, *args):
+    """The KeOps version of op ``name``, checked against ours on these inputs (first call compiles)."""
+    pytest.importorskip("pykeops")
+    import keops_ops
+
+    fn = lambda: getattr(keops_ops, name)(*args)
+    torch.testing.assert_close(fn(), ours(), rtol=1e-3, atol=1e-4)
+    return fn
+
+
 @pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
-@pytest.mark.parametrize("impl", ["tiled", "naive"])
+@pytest.mark.parametrize("impl", ["tiled", "naive", "keops"])
 def test_mmd_field(benchmark, impl, n, d):
     benchmark.group = f"mmd_field N=M={n} D={d}"
     x, y, s = points(n, d, 0), points(n, d, 1) + 0.5, 0.5 * d**0.5
-    f = (lambda: gk.mmd_field(x, y, bandwidth=s)) if impl == "tiled" else (lambda: naive.mmd_field(x, y, s))
-    run(benchmark, f)
+    ours = lambda: gk.mmd_field(x, y, bandwidth=s)
+    if impl == "tiled":
+        run(benchmark, ours)
+    elif impl == "naive":
+        run(benchmark, lambda: naive.mmd_field(x, y, s))
+    else:
+        run(benchmark, keops_baseline("mmd_field", ours, x, y, s))
 
 
 @pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
@@ -46,11 +62,17 @@ def test_mmd2_value_and_grad(benchmark, impl, n, d):
 
 
 @pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
-@pytest.mark.parametrize("impl", ["tiled", "naive"])
+@pytest.mark.parametrize("impl", ["tiled", "naive", "keops"])
 def test_kernel_integral(benchmark, impl, n, d):
     benchmark.group = f"kernel_integral P=4 N=M={n} D={d}"
     x, y, v, s = points(n, d, 0), points(n, d, 1), points(n, 4, 2), 0.5 * d**0.5
-    run(benchmark, (lambda: gk.kernel_integral(x, y, v, bandwidth=s)) if impl == "tiled" else (lambda: naive.kernel_integral(x, y, v, s)))
+    ours = lambda: gk.kernel_integral(x, y, v, bandwidth=s)
+    if impl == "tiled":
+        run(benchmark, ours)
+    elif impl == "naive":
+        run(benchmark, lambda: naive.kernel_integral(x, y, v, s))
+    else:
+        run(benchmark, keops_baseline("kernel_integral", ours, x, y, v, s))
 
 
 @pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
