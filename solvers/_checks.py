@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Dict
 
 import torch
@@ -53,7 +54,7 @@ def save_mode(save: str) -> str:
 def finite_after(x: Tensor, step: int, t) -> None:
     # One reduction pass screens; the exact elementwise test runs only if the sum is not finite
     # (a NaN or inf anywhere makes the sum non-finite; an overflowing sum alone is not an error).
-    if bool(torch.isfinite(x.sum())):
+    if math.isfinite(x.sum().item()):
         return
     if not bool(torch.isfinite(x).all()):
         raise NonFiniteError(f"particles became non-finite at step {step} (t = {float(t):.6g})")
