@@ -32,11 +32,13 @@ def rel_err(got, ref):
     return float((got.double() - ref).norm() / ref.norm().clamp_min(1e-300))
 
 
-def backends(d):
-    """Our GPU backends for point dimension d: triton always, cuda where the extension is built."""
+def backends(d, device="cuda"):
+    """Our GPU backends for point dimension d: triton always, cuda where the extension is built
+    (and the points are on a GPU: the extension can be built on a machine without one)."""
     from gpflow_kernels import _cuda
 
-    return ["triton"] + (["cuda"] if _cuda.available() and d <= _cuda.MAX_D else [])
+    usable = _cuda.available() and torch.device(device).type == "cuda" and d <= _cuda.MAX_D
+    return ["triton"] + (["cuda"] if usable else [])
 
 
 OPS = {
@@ -59,18 +61,20 @@ def keops_op(name):
     return None
 
 
-def check(n=3000, m=2500):
+def check(n=3000, m=2500, dims=(1, 2, 3, 17, 64, 130), device="cuda"):
+    """Accuracy of our GPU backends against float64 torch; raises SystemExit on a failure.
+    (The tests run it on the CPU through TRITON_INTERPRET=1 with tiny sizes.)"""
     rows = []
-    for d in (1, 2, 3, 17, 64, 130):
-        g = torch.Generator(device="cuda").manual_seed(d)
-        x = torch.randn(2, n, d, device="cuda", generator=g)
-        y = torch.randn(2, m, d, device="cuda", generator=g) + 0.3
-        v = torch.randn(2, m, 3, device="cuda", generator=g)
+    for d in dims:
+        g = torch.Generator(device=device).manual_seed(d)
+        x = torch.randn(2, n, d, device=device, generator=g)
+        y = torch.randn(2, m, d, device=device, generator=g) + 0.3
+        v = torch.randn(2, m, 3, device=device, generator=g)
         s = 0.7 * d**0.5
         X, Y, V = x.double(), y.double(), v.double()
         for name, f in OPS.items():
             ref = f(X, Y, V, s, "torch")
-            for be in backends(d):
+            for be in backends(d, device):
                 rows.append((name, d, be, rel_err(f(x, y, v, s, be), ref), rel_err(f(X, Y, V, s, be), ref)))
     print("| op | D | backend | rel err fp32 | rel err fp64 |")
     for r in rows:
@@ -80,6 +84,28 @@ def check(n=3000, m=2500):
         raise SystemExit(f"accuracy check failed: {bad}")
 
 
+def timing_cases(sizes, device="cuda"):
+    """(op, N, D, impl, fn, pairs per call) for every op, size and implementation to time."""
+    for n, d in sizes:
+        g = torch.Generator(device=device).manual_seed(n + d)
+        x = torch.randn(n, d, device=device, generator=g)
+        y = torch.randn(n, d, device=device, generator=g) + 0.5
+        v = torch.randn(n, 4, device=device, generator=g)
+        s = 0.5 * d**0.5
+        args = (x, y, v, s)  # bound as defaults below: the closures outlive this iteration
+        for name, f in OPS.items():
+            impls = {be: (lambda f=f, be=be, a=args: f(*a, be)) for be in backends(d, device)}
+            if n <= 100_000:
+                impls["torch"] = lambda f=f, a=args: f(*a, "torch")
+            kf = keops_op(name)
+            if kf is not None:
+                torch.testing.assert_close(kf(*args), f(*args, "torch"), rtol=1e-3, atol=1e-4)
+                impls["keops"] = lambda kf=kf, a=args: kf(*a)
+            pairs = (2 if name == "mmd_field" else 1) * n * n  # mmd_field: attract + repel terms
+            for impl, fn in impls.items():
+                yield name, n, d, impl, fn, pairs
+
+
 def bench(quick):
     from triton.testing import do_bench
 
@@ -87,23 +113,10 @@ def bench(quick):
     if quick:
         sizes = sizes[:2]
     print("| op | N=M | D | impl | median ms | pairs/s | fraction of exp ceiling |")
-    for n, d in sizes:
-        x = torch.randn(n, d, device="cuda")
-        y = torch.randn(n, d, device="cuda") + 0.5
-        v = torch.randn(n, 4, device="cuda")
-        s = 0.5 * d**0.5
-        for name, f in OPS.items():
-            impls = {be: (lambda be=be: f(x, y, v, s, be)) for be in backends(d)}
-            if n <= 100_000:
-                impls["torch"] = lambda: f(x, y, v, s, "torch")
-            kf = keops_op(name)
-            if kf is not None:
-                torch.testing.assert_close(kf(x, y, v, s), f(x, y, v, s, "triton"), rtol=1e-3, atol=1e-4)
-                impls["keops"] = lambda: kf(x, y, v, s)
-            for impl, fn in impls.items():
-                ms = do_bench(fn, warmup=50, rep=300, return_mode="median")
-                pairs = (2 if name == "mmd_field" else 1) * n * n / (ms * 1e-3)  # mmd_field: attract + repel
-                print(f"| {name} | {n} | {d} | {impl} | {ms:.3f} | {pairs:.3e} | {pairs / EXP_PER_S:.2f} |")
+    for name, n, d, impl, fn, pairs in timing_cases(sizes):
+        ms = do_bench(fn, warmup=50, rep=300, return_mode="median")
+        rate = pairs / (ms * 1e-3)
+        print(f"| {name} | {n} | {d} | {impl} | {ms:.3f} | {rate:.3e} | {rate / EXP_PER_S:.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,55 @@
+"""benchmarks/gpu_check.py runs only on a GPU machine, where device time is scarce: its accuracy
+check is exercised here on the CPU (Triton's interpreter, tiny sizes) so that the script itself
+cannot be what fails there."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_accuracy_check_runs_and_passes(gpu_check, capsys):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu_check.check(n=11, m=9, dims=(2, 17), device=device)
+    table = capsys.readouterr().out
+    for op in ("mmd_field", "kernel_integral", "kde_score"):
+        assert f"| {op} | 2 | triton |" in table and f"| {op} | 17 | triton |" in table
+
+
+def test_accuracy_check_fails_loudly_on_a_wrong_kernel(gpu_check, monkeypatch):
+    wrong = dict(gpu_check.OPS)
+    good = wrong["kde_score"]
+    wrong["kde_score"] = lambda a, b, c, s, be: good(a, b, c, s, be) * (1.01 if be != "torch" else 1.0)
+    monkeypatch.setattr(gpu_check, "OPS", wrong)
+    with pytest.raises(SystemExit, match="accuracy check failed"):
+        gpu_check.check(n=11, m=9, dims=(2,), device="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_every_timed_case_computes_its_op(gpu_check):
+    # Each (op, implementation) closure the timing loop would call returns the torch backend's
+    # numbers: no closure picks up another op's or another backend's arguments.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cases = list(gpu_check.timing_cases([(21, 2), (13, 17)], device=device))
+    assert {(c[0], c[3]) for c in cases} >= {(op, be) for op in gpu_check.OPS for be in ("triton", "torch")}
+    g = torch.Generator(device=device)
+    for name, n, d, impl, fn, pairs in cases:
+        g.manual_seed(n + d)
+        x = torch.randn(n, d, device=device, generator=g)
+        y = torch.randn(n, d, device=device, generator=g) + 0.5
+        v = torch.randn(n, 4, device=device, generator=g)
+        want = gpu_check.OPS[name](x, y, v, 0.5 * d**0.5, "torch")
+        torch.testing.assert_close(fn(), want, rtol=1e-4, atol=1e-5)
+        assert pairs == (2 if name == "mmd_field" else 1) * n * n
