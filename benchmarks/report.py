@@ -1,32 +1,41 @@
 """Markdown table of baseline/ours median-time ratios from a pytest-benchmark JSON file.
 
 Usage: python benchmarks/report.py bench.json
-Each group holds one or more of our implementations (names starting "tiled" or "ours", e.g.
-"ours-compiled") and one or more baselines (naive, keops, torchsde, torchdiffeq); one row per
-(baseline, implementation of ours) pair.
+Each group holds one or more of our implementations and one or more baselines; one row per
+(baseline, implementation of ours) pair. Ours are the GPU backends ("triton", "cuda") where a
+group has them (the tiled torch path is then a baseline), else the names starting "tiled" or
+"ours" (e.g. "ours-compiled"). Baselines: naive, keops, torchsde, torchdiffeq, and so on.
 """
 
 import json
 import sys
 from collections import defaultdict
 
-OURS = ("tiled", "ours")
+OURS_GPU = ("triton", "cuda")
+OURS_CPU = ("tiled", "ours")
 
 
-def main(path):
-    data = json.load(open(path))
+def rows(data):
+    """[(group, baseline, baseline median s, ours, ours median s)] in a stable order."""
     groups = defaultdict(dict)
     for b in data["benchmarks"]:
         groups[b["group"]][b["params"]["impl"]] = b["stats"]["median"]
-    print("| case | baseline | baseline median (ms) | ours | ours median (ms) | baseline / ours |")
-    print("|---|---|---:|---|---:|---:|")
+    out = []
     for g in sorted(groups):
         t = groups[g]
-        ours = sorted(k for k in t if k.startswith(OURS))
-        for base in sorted(k for k in t if not k.startswith(OURS)):
-            b = t[base]
+        prefix = OURS_GPU if any(k.startswith(OURS_GPU) for k in t) else OURS_CPU
+        ours = sorted(k for k in t if k.startswith(prefix))
+        for base in sorted(k for k in t if not k.startswith(prefix)):
             for k in ours:
-                print(f"| {g} | {base} | {b * 1e3:.1f} | {k} | {t[k] * 1e3:.1f} | {b / t[k]:.2f}x |")
+                out.append((g, base, t[base], k, t[k]))
+    return out
+
+
+def main(path):
+    print("| case | baseline | baseline median (ms) | ours | ours median (ms) | baseline / ours |")
+    print("|---|---|---:|---|---:|---:|")
+    for g, base, b, k, o in rows(json.load(open(path))):
+        print(f"| {g} | {base} | {b * 1e3:.1f} | {k} | {o * 1e3:.1f} | {b / o:.2f}x |")
 
 
 if __name__ == "__main__":

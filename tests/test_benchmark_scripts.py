@@ -1,6 +1,7 @@
-"""benchmarks/gpu_check.py runs only on a GPU machine, where device time is scarce: its accuracy
-check is exercised here on the CPU (Triton's interpreter, tiny sizes) so that the script itself
-cannot be what fails there."""
+"""The benchmark scripts. benchmarks/gpu_check.py runs only on a GPU machine, where device time is
+scarce: its accuracy check and timing cases are exercised here on the CPU (Triton's interpreter,
+tiny sizes) so that the script itself cannot be what fails there. benchmarks/report.py pairs
+baselines with our implementations."""
 
 import importlib.util
 from pathlib import Path
@@ -53,3 +54,20 @@ def test_every_timed_case_computes_its_op(gpu_check):
         want = gpu_check.OPS[name](x, y, v, 0.5 * d**0.5, "torch")
         torch.testing.assert_close(fn(), want, rtol=1e-4, atol=1e-5)
         assert pairs == (2 if name == "mmd_field" else 1) * n * n
+
+
+def test_report_pairs_each_baseline_with_each_of_ours():
+    spec = importlib.util.spec_from_file_location("report", SCRIPT.parent / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    bench = lambda group, impl, t: {"group": group, "params": {"impl": impl}, "stats": {"median": t}}
+    data = {"benchmarks": [
+        bench("cpu op", "tiled", 1.0), bench("cpu op", "naive", 4.0), bench("cpu op", "keops", 2.0),
+        bench("gpu op", "triton", 0.1), bench("gpu op", "tiled", 1.0), bench("gpu op", "keops", 0.3),
+        bench("sde", "ours", 1.0), bench("sde", "ours-compiled", 0.5), bench("sde", "torchsde", 3.0),
+    ]}
+    assert report.rows(data) == [
+        ("cpu op", "keops", 2.0, "tiled", 1.0), ("cpu op", "naive", 4.0, "tiled", 1.0),
+        ("gpu op", "keops", 0.3, "triton", 0.1), ("gpu op", "tiled", 1.0, "triton", 0.1),
+        ("sde", "torchsde", 3.0, "ours", 1.0), ("sde", "torchsde", 3.0, "ours-compiled", 0.5),
+    ]
