@@ -100,6 +100,20 @@ __device__ __forceinline__ void radial(T r2, const T* inv, int K, const KernelSp
   }
 }
 
+// |x_i − y_j|² by exact differences, from the register row xi and a shared-memory row yj.
+template <typename T>
+__device__ __forceinline__ T sqdist(const T (&xi)[MAXD], const T* yj, int D) {
+  T r2 = T(0);
+#pragma unroll
+  for (int d = 0; d < MAXD; ++d) {
+    if (d < D) {
+      const T diff = xi[d] - yj[d];
+      r2 += diff * diff;
+    }
+  }
+  return r2;
+}
+
 // Compile-time D where it pays (D = 1, 2, 3), a runtime bound otherwise.
 template <int DC>
 __device__ __forceinline__ int dim(int D) { return DC > 0 ? DC : D; }
@@ -132,14 +146,7 @@ __global__ void grad_sum_kernel(const T* __restrict__ x, const T* __restrict__ y
     for (int t = threadIdx.x; t < n; t += blockDim.x) as[t] = a ? a[j0 + t] : T(1);
     __syncthreads();
     for (int jj = 0; jj < n; ++jj) {
-      T r2 = T(0);
-#pragma unroll
-      for (int d = 0; d < MAXD; ++d) {
-        if (d < D) {
-          T diff = xi[d] - ys[jj * D + d];
-          r2 += diff * diff;
-        }
-      }
+      const T r2 = sqdist(xi, ys + jj * D, D);
       T k0, k1;
       radial(r2, inv_s2, K, ks, k0, k1);
       T w = T(2) * k1 * as[jj];
@@ -183,14 +190,7 @@ __global__ void integral_kernel(const T* __restrict__ x, const T* __restrict__ y
     for (int t = threadIdx.x; t < n * P; t += blockDim.x) vs[t] = v ? v[(size_t)j0 * P + t] : T(1);
     __syncthreads();
     for (int jj = 0; jj < n; ++jj) {
-      T r2 = T(0);
-#pragma unroll
-      for (int d = 0; d < MAXD; ++d) {
-        if (d < D) {
-          T diff = xi[d] - ys[jj * D + d];
-          r2 += diff * diff;
-        }
-      }
+      const T r2 = sqdist(xi, ys + jj * D, D);
       T k0, k1;
       radial(r2, inv_s2, K, ks, k0, k1);
 #pragma unroll
@@ -232,14 +232,7 @@ __global__ void softmax_mean_kernel(const T* __restrict__ x, const T* __restrict
     for (int t = threadIdx.x; t < n * D; t += blockDim.x) ys[t] = y[(size_t)j0 * D + t];
     __syncthreads();
     for (int jj = 0; jj < n; ++jj) {
-      T r2 = T(0);
-#pragma unroll
-      for (int d = 0; d < MAXD; ++d) {
-        if (d < D) {
-          T diff = xi[d] - ys[jj * D + d];
-          r2 += diff * diff;
-        }
-      }
+      const T r2 = sqdist(xi, ys + jj * D, D);
       const T ell = -r2 * half_inv;
       if (ell > m) {  // rescale what was accumulated to the new maximum
         const T alpha = exp(m - ell);

@@ -152,6 +152,14 @@ def load_rows(ptr, idx, imask, width, BW: tl.constexpr):
 
 
 @triton.jit
+def load_block(ptr, start, n, width, BW: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows start … start + BLOCK − 1 of a row-major (n, width) array: (indices, in-range mask, tile)."""
+    idx = start + tl.arange(0, BLOCK)
+    mask = idx < n
+    return idx, mask, load_rows(ptr, idx, mask, width, BW)
+
+
+@triton.jit
 def store_rows(ptr, idx, imask, width, val, BW: tl.constexpr):
     c = tl.arange(0, BW)
     tl.store(ptr + idx[:, None] * width + c[None, :], val, mask=imask[:, None] & (c[None, :] < width))

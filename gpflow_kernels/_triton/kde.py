@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import EXACT_MAX_D, acc_dtype, configs, load_rows, pow2, sqdist, store_rows
+from .common import EXACT_MAX_D, acc_dtype, configs, load_block, load_rows, pow2, sqdist, store_rows
 
 LOG2E = 1.4426950408889634
 
@@ -41,16 +41,12 @@ def _kde_fwd(q_ptr, s_ptr, inv_ptr, mu_ptr, lse_ptr, N, M, inv_bs,
     mu_ptr += b * N * D
     lse_ptr += b * N
     c2 = tl.load(inv_ptr + b * inv_bs) * (0.5 * 1.4426950408889634)
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
-    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    rows, rmask, qt = load_block(q_ptr, tl.program_id(0) * BN, N, D, BD, BN)
     m = tl.full((BN,), float("-inf"), dtype=ACC)
     l = tl.zeros((BN,), dtype=ACC)
     acc = tl.zeros((BN, BD), dtype=ACC)
     for j0 in range(0, M, BM):
-        cols = j0 + tl.arange(0, BM)
-        cmask = cols < M
-        st = load_rows(s_ptr, cols, cmask, D, BD)
+        cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         ell = _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, True)
         ell = tl.where(cmask[None, :], ell, float("-inf"))
         m_new = tl.maximum(m, tl.max(ell, 1))
@@ -77,17 +73,13 @@ def _kde_bwd_x(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv
     out_ptr += b * N * D
     inv = tl.load(inv_ptr + b * inv_bs)
     c2 = inv * (0.5 * 1.4426950408889634)
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
-    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    rows, rmask, qt = load_block(q_ptr, tl.program_id(0) * BN, N, D, BD, BN)
     gt = load_rows(g_ptr, rows, rmask, D, BD)
     gmu = tl.sum(gt * load_rows(mu_ptr, rows, rmask, D, BD), 1)
     lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     acc = tl.zeros((BN, BD), dtype=ACC)
     for j0 in range(0, M, BM):
-        cols = j0 + tl.arange(0, BM)
-        cmask = cols < M
-        st = load_rows(s_ptr, cols, cmask, D, BD)
+        cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         ell = _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, True)
         p = tl.where(cmask[None, :], tl.exp2(ell - lse[:, None]), 0.0)
         c = p * (tl.dot(gt, tl.trans(st), input_precision="ieee") - gmu[:, None])
@@ -109,16 +101,12 @@ def _kde_bwd_y(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv
     out_ptr += b * N * D
     inv = tl.load(inv_ptr + b * inv_bs)
     c2 = inv * (0.5 * 1.4426950408889634)
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
-    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    rows, rmask, qt = load_block(q_ptr, tl.program_id(0) * BN, N, D, BD, BN)
     pg = tl.zeros((BN, BD), dtype=ACC)
     cx = tl.zeros((BN, BD), dtype=ACC)
     csum = tl.zeros((BN,), dtype=ACC)
     for j0 in range(0, M, BM):
-        cols = j0 + tl.arange(0, BM)
-        cmask = cols < M
-        st = load_rows(s_ptr, cols, cmask, D, BD)
+        cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         gt = load_rows(g_ptr, cols, cmask, D, BD)
         gmu = tl.sum(gt * load_rows(mu_ptr, cols, cmask, D, BD), 1)
         lse = tl.load(lse_ptr + cols, mask=cmask, other=0.0)

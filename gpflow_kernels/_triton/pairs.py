@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ..kernels import fused_code as kernel_code
-from .common import EXACT_MAX_D, acc_dtype, configs, dot_diff, load_rows, pow2, radial, sqdist, store_rows
+from .common import EXACT_MAX_D, acc_dtype, configs, dot_diff, load_block, load_rows, pow2, radial, sqdist, store_rows
 
 KEY = ["N", "M", "K"]
 
@@ -29,14 +29,10 @@ def _integral_kernel(q_ptr, s_ptr, v_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, 
     v_ptr += b * M * P
     out_ptr += b * N * P
     inv_ptr += b * inv_bs
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
-    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    rows, rmask, qt = load_block(q_ptr, tl.program_id(0) * BN, N, D, BD, BN)
     acc = tl.zeros((BN, BP), dtype=ACC)
     for j0 in range(0, M, BM):
-        cols = j0 + tl.arange(0, BM)
-        cmask = cols < M
-        st = load_rows(s_ptr, cols, cmask, D, BD)
+        cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT)
         k0, k1, k2 = radial(r2, inv_ptr, K, KIND, pc, ph, peps2)
         k0 = tl.where(cmask[None, :], k0, 0.0)
@@ -64,17 +60,13 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
     w_ptr += b * M * P
     out_ptr += b * N * D
     inv_ptr += b * inv_bs
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
-    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    rows, rmask, qt = load_block(q_ptr, tl.program_id(0) * BN, N, D, BD, BN)
     if HAS_UW:
         ut = load_rows(u_ptr, rows, rmask, P, BP)
     wsum = tl.zeros((BN,), dtype=ACC)
     wy = tl.zeros((BN, BD), dtype=ACC)
     for j0 in range(0, M, BM):
-        cols = j0 + tl.arange(0, BM)
-        cmask = cols < M
-        st = load_rows(s_ptr, cols, cmask, D, BD)
+        cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT)
         k0, k1, k2 = radial(r2, inv_ptr, K, KIND, pc, ph, peps2)
         W = 2.0 * k1
@@ -108,9 +100,7 @@ def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M
     out_ptr += b * N * D
     outa_ptr += b * N
     inv_ptr += b * inv_bs
-    rows = tl.program_id(0) * BN + tl.arange(0, BN)
-    rmask = rows < N
-    qt = load_rows(q_ptr, rows, rmask, D, BD)
+    rows, rmask, qt = load_block(q_ptr, tl.program_id(0) * BN, N, D, BD, BN)
     if G_ON_ROWS:
         gq = load_rows(g_ptr, rows, rmask, D, BD)
     asum = tl.zeros((BN,), dtype=ACC)
@@ -119,9 +109,7 @@ def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M
     ag = tl.zeros((BN, BD), dtype=ACC)
     gsum = tl.zeros((BN,), dtype=ACC)
     for j0 in range(0, M, BM):
-        cols = j0 + tl.arange(0, BM)
-        cmask = cols < M
-        st = load_rows(s_ptr, cols, cmask, D, BD)
+        cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         if G_ON_ROWS:
             gt = gq
         else:
