@@ -1,4 +1,4 @@
-"""Bandwidth resolution: a float, a tensor of several bandwidths (kernels summed), or "median"."""
+"""Bandwidth resolution: a float, several bandwidths (a list or 1-d tensor; kernels summed), or "median"."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="b
     """
     if isinstance(bandwidth, str):
         if bandwidth != "median":
-            raise ValueError(f'{name} must be a positive number, a tensor of them, or "median", got {bandwidth!r}')
+            raise ValueError(f'{name} must be a positive number, a list or 1-d tensor of them, or "median", got {bandwidth!r}')
         with torch.no_grad():
             z = torch.cat([p.detach().to(torch.float64 if dtype == torch.float64 else torch.float32) for p in pools], 1)
             sigma = median_distance(z)
@@ -68,6 +68,14 @@ def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="b
                 "(repeated points); pass an explicit bandwidth"
             )
         return (sigma * sigma).to(dtype).view(-1, 1)
+    if isinstance(bandwidth, (list, tuple)):
+        # A list of numbers is the same request as a 1-d tensor of them.
+        if not bandwidth:
+            raise ValueError(f"{name} must hold K >= 1 bandwidths, got an empty {type(bandwidth).__name__}")
+        for i, b in enumerate(bandwidth):
+            if isinstance(b, bool) or not isinstance(b, (int, float)):
+                raise TypeError(f"{name}[{i}] must be a number, got {type(b).__name__}")
+        bandwidth = torch.tensor([float(b) for b in bandwidth], dtype=torch.float64)
     if isinstance(bandwidth, torch.Tensor):
         if bandwidth.requires_grad:
             raise TypeError(f"{name} requires grad, but gradients with respect to the bandwidth are not supported; detach it")
@@ -89,6 +97,8 @@ def single(bandwidth: Union[float, Tensor, str], name: str = "bandwidth"):
     """Reject several bandwidths where one convolution is meant (KDE)."""
     if isinstance(bandwidth, torch.Tensor) and bandwidth.numel() != 1:
         raise ValueError(f"{name} must be a single bandwidth here, got shape {tuple(bandwidth.shape)}")
+    if isinstance(bandwidth, (list, tuple)) and len(bandwidth) != 1:
+        raise ValueError(f"{name} must be a single bandwidth here, got {len(bandwidth)} of them")
     return bandwidth
 
 

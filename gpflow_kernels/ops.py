@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -19,7 +19,7 @@ from . import _bandwidth, _checks, reference
 from .kernels import Kernel, fused_code, get_kernel
 
 Tensor = torch.Tensor
-Bandwidth = Union[float, Tensor, str]
+Bandwidth = Union[float, Sequence[float], Tensor, str]
 
 __all__ = [
     "mmd_field",
@@ -207,7 +207,7 @@ def kernel_integral(
         x: (..., N, D) query points. y: (..., M, D) source points.
         v: (..., M, P) values at the sources, (..., M) for scalar values, or None for ones.
         kernel: a name from ``gpflow_kernels.kernels.KERNELS`` or a ``Kernel`` instance.
-        bandwidth: σ > 0, a 1-d tensor of several σ (their kernels are summed), or "median".
+        bandwidth: σ > 0, a list or 1-d tensor of several σ (their kernels are summed), or "median".
     Returns:
         (..., N, P) if v is (..., M, P); (..., N) if v is (..., M) or None.
         Differentiable with respect to x, y and v.

@@ -138,6 +138,22 @@ def test_median_of_a_single_point():
         gk.svgd_field(torch.randn(1, 2), torch.randn(1, 2))
 
 
+def test_bandwidth_as_a_list_is_the_tensor_form():
+    for op in (gk.mmd_field, gk.kernel_integral, gk.svgd_field):
+        args = (X, -X) if op is gk.svgd_field else (X, Y)
+        torch.testing.assert_close(op(*args, bandwidth=[0.5, 2]), op(*args, bandwidth=torch.tensor([0.5, 2.0])))
+    torch.testing.assert_close(gk.mmd2(X, Y, bandwidth=(0.5, 2.0)), gk.mmd2(X, Y, bandwidth=torch.tensor([0.5, 2.0])))
+    torch.testing.assert_close(gk.kde_score(X, Y, bandwidth=[0.7]), gk.kde_score(X, Y, bandwidth=0.7))
+    with pytest.raises(ValueError, match="bandwidth must hold K >= 1 bandwidths, got an empty list"):
+        gk.mmd_field(X, Y, bandwidth=[])
+    with pytest.raises(TypeError, match=r"bandwidth\[1\] must be a number, got str"):
+        gk.mmd_field(X, Y, bandwidth=[1.0, "2"])
+    with pytest.raises(ValueError, match=r"bandwidth must hold finite values > 0, got \[1.0, 0.0\]"):
+        gk.mmd2(X, Y, bandwidth=[1.0, 0.0])
+    with pytest.raises(ValueError, match="bandwidth must be a single bandwidth here, got 2 of them"):
+        gk.kde_score(X, Y, bandwidth=[0.5, 1.0])
+
+
 def test_remaining_argument_errors_name_the_argument():
     with pytest.raises(TypeError, match="bandwidth must be a real tensor, got dtype torch.complex64"):
         gk.mmd_field(X, Y, bandwidth=torch.tensor([1.0 + 1.0j]))

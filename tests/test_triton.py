@@ -244,3 +244,33 @@ def test_kernel_integral_for_each_number_of_value_columns(P, dtype):
     close(got, want, dtype)
     ones = gk.kernel_integral(x.to(dtype), y.to(dtype), bandwidth=0.9, backend="triton")
     close(ones, gk.kernel_integral(x, y, bandwidth=0.9, backend="torch"), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("D", [2, 17])
+def test_half_precision_inputs_accumulate_in_float32(D, dtype):
+    # Inputs in bf16/fp16, outputs and gradients in the same dtype; the kernels accumulate in
+    # float32, so what is left is the output's rounding (bf16 keeps 8 bits: about 4e-3 relative).
+    # The oracle is the torch backend in float32 on the same (already rounded) inputs.
+    g = torch.Generator().manual_seed(4)
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype=dtype, device=DEVICE)
+    x, y, v = mk(2, 21, D), mk(2, 27, D) + 0.3, mk(2, 27, 3)
+    s = 0.8 * D**0.5
+    ops = {
+        "mmd_field": lambda b, x, y: gk.mmd_field(x, y, bandwidth=[s, 2 * s], backend=b),
+        "mmd2": lambda b, x, y: gk.mmd2(x, y, kernel="imq", bandwidth=s, backend=b),
+        "kernel_integral": lambda b, x, y: gk.kernel_integral(x, y, v.to(x.dtype), bandwidth=s, backend=b),
+        "kde_score": lambda b, x, y: gk.kde_score(x, y, bandwidth=s, backend=b),
+        "svgd_field": lambda b, x, y: gk.svgd_field(x, y[..., :21, :] - x, bandwidth=s, backend=b),
+    }
+    for name, op in ops.items():
+        xx, yy = x.clone().requires_grad_(), y.clone().requires_grad_()
+        got = op("triton", xx, yy)
+        gx, gy = torch.autograd.grad(got.float().square().sum(), (xx, yy))
+        X, Y = x.float().requires_grad_(), y.float().requires_grad_()
+        want = op("torch", X, Y)
+        wx, wy = torch.autograd.grad(want.square().sum(), (X, Y))
+        for a, b, what in [(got, want, "value"), (gx, wx, "grad x"), (gy, wy, "grad y")]:
+            assert a.dtype == dtype, f"{name} {what}: dtype {a.dtype}"
+            err = float((a.detach().float() - b.detach()).abs().max() / b.detach().abs().max())
+            assert err < 1e-2, f"{name} {what} {dtype}: relative error {err:.2e}"
