@@ -13,7 +13,7 @@ import solvers
 torchsde = pytest.importorskip("torchsde")
 torchdiffeq = pytest.importorskip("torchdiffeq")
 
-CASES = [(10_000, 2, 100), (10_000, 64, 100), (100_000, 2, 100), (10_000, 2, 1000)]
+CASES = [(10_000, 2, 100), (10_000, 64, 100), (100_000, 2, 100), (10_000, 2, 1000), (1_000_000, 2, 100), (100_000, 64, 100)]
 
 
 class OU(solvers.SDE):
