@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Union
 
 import torch
@@ -73,7 +74,7 @@ def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="b
         if not bandwidth:
             raise ValueError(f"{name} must hold K >= 1 bandwidths, got an empty {type(bandwidth).__name__}")
         for i, b in enumerate(bandwidth):
-            if isinstance(b, bool) or not isinstance(b, (int, float)):
+            if isinstance(b, bool) or not isinstance(b, numbers.Real):
                 raise TypeError(f"{name}[{i}] must be a number, got {type(b).__name__}")
         bandwidth = torch.tensor([float(b) for b in bandwidth], dtype=torch.float64)
     if isinstance(bandwidth, torch.Tensor):

@@ -8,6 +8,7 @@ never reaches a kernel as a silent broadcast or a NaN.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -99,7 +100,7 @@ def per_point(name: str, t, like_name: str, like: Tensor, trailing: Optional[int
 
 
 def positive_number(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(v).__name__}")
     if not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be finite and > 0, got {v!r}")

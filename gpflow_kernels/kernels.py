@@ -14,6 +14,7 @@ it is the only choice that makes a particle exert no force on itself.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Tuple, Union
 
 import torch
@@ -168,9 +169,9 @@ class Polyharmonic(Kernel):
     name = "polyharmonic"
 
     def __init__(self, order: float = 1.0, eps: float = 0.0):
-        if isinstance(order, bool) or not isinstance(order, (int, float)) or not math.isfinite(order):
+        if isinstance(order, bool) or not isinstance(order, numbers.Real) or not math.isfinite(order):
             raise TypeError(f"polyharmonic order must be a finite number, got {order!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps >= 0 and math.isfinite(eps)):
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (eps >= 0 and math.isfinite(eps)):
             raise ValueError(f"polyharmonic eps must be a finite number >= 0, got {eps!r}")
         if order <= 0 and eps == 0:
             raise ValueError(

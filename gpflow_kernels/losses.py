@@ -7,6 +7,7 @@ is one sample (a point, or an image).
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional, Union
 
 import torch
@@ -70,8 +71,9 @@ def sliced_score_matching_loss(
     Returns a scalar.
     """
     x = _samples("x", x)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
+    if isinstance(n_projections, bool) or not isinstance(n_projections, numbers.Integral) or n_projections < 1:
         raise ValueError(f"n_projections must be an integer >= 1, got {n_projections!r}")
+    n_projections = int(n_projections)
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
     x = x.detach().requires_grad_(True)

@@ -23,6 +23,7 @@ and β(t, x) are w_p, w_q and f. In the form above: β = w_p, g = √(2 (w_p −
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional, Union
 
 import torch
@@ -52,7 +53,7 @@ class DiffFlowSDE(SDE):
             if not callable(fn):
                 raise TypeError(f"{name} must be callable as {name}(t, x)")
         for name, v in (("beta", beta), ("g", g)):
-            if not callable(v) and not (isinstance(v, (int, float)) and v >= 0):
+            if not callable(v) and not (isinstance(v, numbers.Real) and v >= 0):
                 raise ValueError(f"{name} must be a number >= 0 or a function of t, got {v!r}")
         self.data_score, self.generated_score = data_score, generated_score
         self.beta, self.g_fn, self.extra_drift = _schedule(beta), _schedule(g), extra_drift
@@ -60,7 +61,7 @@ class DiffFlowSDE(SDE):
     @classmethod
     def mixed(cls, data_score: Score, generated_score: Score, *, beta: float = 1.0, mix: float = 1.0, **kw) -> "DiffFlowSDE":
         """g² = 2 β · mix: mix = 1 is Langevin on p (diffusion), mix = 0 the noiseless GAN-like flow."""
-        if not (isinstance(mix, (int, float)) and 0 <= mix <= 1):
+        if not (isinstance(mix, numbers.Real) and 0 <= mix <= 1):
             raise ValueError(f"mix must be a number in [0, 1], got {mix!r}")
         b = _schedule(beta)
         return cls(data_score, generated_score, beta=b, g=lambda t: (2.0 * float(b(t)) * mix) ** 0.5, **kw)
@@ -69,7 +70,7 @@ class DiffFlowSDE(SDE):
     def weighted(cls, data_score: Score, generated_score: Score, *, w_p=1.0, w_q=0.0, **kw) -> "DiffFlowSDE":
         """Drift f + w_p ∇log p − w_q ∇log q with noise √(2 (w_p − w_q)); numbers or functions of t, 0 ≤ w_q ≤ w_p."""
         for name, v in (("w_p", w_p), ("w_q", w_q)):
-            if not callable(v) and not (isinstance(v, (int, float)) and v >= 0):
+            if not callable(v) and not (isinstance(v, numbers.Real) and v >= 0):
                 raise ValueError(f"{name} must be a number >= 0 or a function of t, got {v!r}")
         wp, wq = _schedule(w_p), _schedule(w_q)
 

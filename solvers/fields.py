@@ -6,6 +6,7 @@ Each ODE field is an ``nn.Module`` called as field(t, x), so it works with ``sol
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Optional, Union
 
 import torch
@@ -77,7 +78,7 @@ class LangevinFlow(SDE):
 
     def __init__(self, score: Callable[[Tensor], Tensor], temperature: float = 1.0):
         super().__init__()
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
+        if not (isinstance(temperature, numbers.Real) and temperature >= 0):
             raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
         self.score, self.temperature = score, float(temperature)
 

@@ -11,6 +11,7 @@ same object can be given to ``torchsde.sdeint`` unchanged.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Optional
 
 import torch
@@ -108,7 +109,7 @@ def _substeps(ts: Tensor, dt) -> Tensor:
     """The grid of steps: ts itself, or each interval split into ceil(|Δt| / dt) equal steps."""
     if dt is None:
         return ts
-    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not (math.isfinite(dt) and dt > 0):
+    if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (math.isfinite(dt) and dt > 0):
         raise ValueError(f"dt must be a finite number > 0 or None, got {dt!r}")
     pieces = [ts[:1]]
     for a, b in zip(ts[:-1].tolist(), ts[1:].tolist()):

@@ -165,3 +165,24 @@ def test_remaining_argument_errors_name_the_argument():
         gk.mmd2(X, Y, unbiased="yes")
     with pytest.raises(TypeError, match="sigma must be a number, got str"):
         gk.denoising_score_matching_loss(lambda z, s: z, X, "0.3")
+
+
+def test_numpy_scalars_are_numbers():
+    # Bandwidths and step sizes often come out of numpy: its scalars are numbers.Real/Integral,
+    # so they are accepted exactly like Python numbers (and bools still are not).
+    import numpy as np
+
+    import solvers
+
+    torch.testing.assert_close(gk.mmd_field(X, Y, bandwidth=np.float32(0.7)), gk.mmd_field(X, Y, bandwidth=0.7))
+    torch.testing.assert_close(gk.mmd2(X, Y, bandwidth=[np.float64(0.5), np.int64(2)]), gk.mmd2(X, Y, bandwidth=[0.5, 2.0]))
+    torch.testing.assert_close(solvers.karras_sigmas(np.int64(5), np.float32(0.5), 8.0), solvers.karras_sigmas(5, 0.5, 8.0))
+    torch.testing.assert_close(solvers.linear_grid(0.0, np.float32(1.0), np.int32(4)), solvers.linear_grid(0.0, 1.0, 4))
+    x0, ts = torch.ones(3, 2, dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    sde = solvers.LangevinFlow(lambda x: -x)
+    run = lambda dt: solvers.sdeint(sde, x0, ts, dt=dt, generator=torch.Generator().manual_seed(0), save="last")
+    torch.testing.assert_close(run(np.float32(0.25)), run(0.25))
+    with pytest.raises(TypeError, match="bandwidth must be a number, got bool"):
+        gk.mmd_field(X, Y, bandwidth=True)
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got 2.0"):
+        solvers.karras_sigmas(2.0)
