@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Union
+from typing import Sequence, Union
 
 import torch
 
@@ -94,7 +94,7 @@ def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="b
     return torch.full((1, 1), sigma * sigma, dtype=dtype, device=device)
 
 
-def single(bandwidth: Union[float, Tensor, str], name: str = "bandwidth"):
+def single(bandwidth: Union[float, Sequence[float], Tensor, str], name: str = "bandwidth"):
     """Reject several bandwidths where one convolution is meant (KDE)."""
     if isinstance(bandwidth, torch.Tensor) and bandwidth.numel() != 1:
         raise ValueError(f"{name} must be a single bandwidth here, got shape {tuple(bandwidth.shape)}")

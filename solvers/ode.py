@@ -11,8 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import _checks
-from . import _graph
+from . import _checks, _graph
 
 Tensor = torch.Tensor
 Field = Callable[[Tensor, Tensor], Tensor]

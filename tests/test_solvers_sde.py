@@ -36,6 +36,20 @@ class GBM(SDE):
         return 0.5 * x
 
 
+class PureNoise(SDE):
+    """dx = dW with the given noise type: the state is the Brownian path itself."""
+
+    def __init__(self, noise_type):
+        super().__init__()
+        self.noise_type = noise_type
+
+    def drift(self, t, x):
+        return torch.zeros_like(x)
+
+    def diffusion(self, t, x):
+        return torch.ones_like(x)
+
+
 @pytest.mark.parametrize("sde_cls", [OU, GBM])
 def test_euler_maruyama_equals_torchsde_euler_for_the_same_increments(sde_cls):
     torchsde = pytest.importorskip("torchsde")
@@ -75,16 +89,7 @@ def test_seeded_runs_are_reproducible_and_increments_can_be_given():
 
 
 def test_scalar_noise_shares_one_brownian_motion_per_particle():
-    class Scalar(SDE):
-        noise_type = "scalar"
-
-        def drift(self, t, x):
-            return torch.zeros_like(x)
-
-        def diffusion(self, t, x):
-            return torch.ones_like(x)
-
-    x = sdeint(Scalar(), torch.zeros(50, 3), torch.linspace(0, 1, 11), generator=torch.Generator().manual_seed(0), save="last")
+    x = sdeint(PureNoise("scalar"), torch.zeros(50, 3), torch.linspace(0, 1, 11), generator=torch.Generator().manual_seed(0), save="last")
     assert torch.allclose(x[:, 0], x[:, 1]) and torch.allclose(x[:, 1], x[:, 2])
     assert float(x[:, 0].std()) > 0.5
 
@@ -211,18 +216,9 @@ def test_backwards_integration_uses_the_negated_forward_increments():
     # dx = dW run from t = 1 down to 0 over a given Brownian path ends at x(1) + W(0) − W(1).
     pytest.importorskip("torchsde")
 
-    class Noise(SDE):
-        noise_type = "additive"
-
-        def drift(self, t, x):
-            return torch.zeros_like(x)
-
-        def diffusion(self, t, x):
-            return torch.ones_like(x)
-
     x1 = torch.rand(8, 2, dtype=torch.float64)
     bm = solvers.brownian_interval(x1, 0.0, 1.0, 2.0**-4, seed=4)
-    x0 = sdeint(Noise(), x1, torch.tensor([1.0, 0.0], dtype=torch.float64), dt=2.0**-4, bm=bm, save="last")
+    x0 = sdeint(PureNoise("additive"), x1, torch.tensor([1.0, 0.0], dtype=torch.float64), dt=2.0**-4, bm=bm, save="last")
     torch.testing.assert_close(x0, x1 - bm(0.0, 1.0), rtol=1e-12, atol=1e-12)
 
 
