@@ -8,7 +8,8 @@
 #                GPFLOW_CUDA_ARCHS, default: this GPU's only, which is faster to build)
 #   gputests     the tests that skip without a GPU: Triton kernels on the device, the CUDA
 #                extension, CUDA-graph capture, the solvers on CUDA
-#   tests        the whole test suite (pytest-xdist with 8 workers where installed)
+#   tests        the whole test suite, slow cases included (--run-slow; pytest-xdist with 8
+#                workers where installed)
 #   check        benchmarks/gpu_check.py: accuracy against float64, then median times, pairs/s
 #                and the fraction of the exp ceiling (QUICK=1 for the two smallest sizes only)
 #   bench        pytest-benchmark: the ops on CUDA and the solvers' *_cuda groups, then the
@@ -78,7 +79,7 @@ for stage in "$@"; do
                 $py setup.py -q build_ext --inplace ;;
         # Two torch threads per xdist worker: 8 workers × 2 = the machine's 16 cores.
         gputests) run gputests env OMP_NUM_THREADS=2 $py -m pytest -q -ra "${xdist[@]}" "${gpu_tests[@]}" ;;
-        tests) run tests env OMP_NUM_THREADS=2 $py -m pytest -q -ra "${xdist[@]}" tests ;;
+        tests) run tests env OMP_NUM_THREADS=2 $py -m pytest -q -ra --run-slow "${xdist[@]}" tests ;;
         check) run check $py benchmarks/gpu_check.py ${QUICK:+--quick} ;;
         bench)
             run bench $py -m pytest -q benchmarks -k "gpu or cuda" --benchmark-only \

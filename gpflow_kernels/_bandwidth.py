@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 
@@ -49,6 +49,31 @@ def _median(d: Tensor) -> Tensor:
     return 0.5 * (lo + torch.where(ties >= n // 2 + 1, lo, above))
 
 
+def usable_range(dtype: torch.dtype) -> Tuple[float, float]:
+    """The bandwidths σ the ops accept when they compute in ``dtype`` (float32 or float64).
+
+    The backward passes scale second derivatives by 1/σ⁴ and large-σ kernels by σ⁴, so both must be
+    finite: σ ∈ [max^(−1/4), max^(1/4)] of the dtype, about [2.3e-10, 4.3e9] in float32 and
+    [1.5e-77, 6.7e76] in float64. (Beyond it σ² under- or overflows and the results turn NaN.)
+    float16/bfloat16 inputs are computed in float32, so they take the float32 range; their results
+    are cast back and must also fit the half dtype (see ``ops``).
+    """
+    big = torch.finfo(dtype).max ** 0.25
+    return 1.0 / big, big
+
+
+def _check_range(name: str, sigma: Tensor, dtype: torch.dtype, what: str = "") -> None:
+    """sigma: float64 values, already known finite and > 0."""
+    lo, hi = usable_range(dtype)
+    bad = sigma[(sigma < lo) | (sigma > hi)]
+    if bad.numel():
+        raise ValueError(
+            f"{name}{what} = {float(bad.flatten()[0]):.3g} is outside the range the ops can compute in {dtype}: "
+            f"[{lo:.2g}, {hi:.2g}] (σ² or 1/σ⁴ would under- or overflow); rescale the points"
+            + ("" if dtype == torch.float64 else " or use float64 inputs")
+        )
+
+
 def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="bandwidth") -> Tensor:
     """Bandwidths σ as squared values s2: (B or 1, K) in ``dtype``.
 
@@ -68,6 +93,7 @@ def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="b
                 f'{name}="median" gave 0: more than half of the pairwise distances are 0 '
                 "(repeated points); pass an explicit bandwidth"
             )
+        _check_range(name, sigma.double(), dtype, what=' from "median"')
         return (sigma * sigma).to(dtype).view(-1, 1)
     if isinstance(bandwidth, (list, tuple)):
         # A list of numbers is the same request as a 1-d tensor of them.
@@ -89,8 +115,10 @@ def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="b
         sig = bandwidth.detach().to(device=device, dtype=torch.float64).reshape(1, -1)
         if not bool((torch.isfinite(sig) & (sig > 0)).all()):
             raise ValueError(f"{name} must hold finite values > 0, got {bandwidth.tolist()}")
+        _check_range(name, sig, dtype)
         return (sig * sig).to(dtype)
     sigma = _checks.positive_number(name, bandwidth)
+    _check_range(name, torch.tensor([sigma], dtype=torch.float64), dtype)
     return torch.full((1, 1), sigma * sigma, dtype=dtype, device=device)
 
 

@@ -42,6 +42,9 @@ def finite(name: str, t: Tensor) -> None:
     # O(N) next to the O(N·M) reductions; it turns a NaN result into a named error.
     if capturing(t):
         return
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor ({describe(t)}): it has no values to compute with; "
+                         "materialise it on a real device first (e.g. torch.empty_like(t, device='cpu'))")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
 

@@ -3,122 +3,188 @@
     gpflow methods                                  list the methods and their options
     gpflow run METHOD --data NAME --out DIR         train + sample + metrics.json + PNGs + checkpoint
     gpflow run METHOD ... --resume                  continue a run from its checkpoint
+    gpflow run METHOD ... --overwrite               start over in a folder that holds a run
     gpflow compare --data NAME --out DIR            several methods, one budget, a table
+
+Every argument, option and the output folder are checked before torch is imported (torch takes
+seconds to import), so a mistake is reported at once and before anything is written. Failures are
+one line on stderr, ``gpflow: error: ...``, with exit code 2 when the run could not start as asked,
+1 when it failed while running, 130 when a signal stopped it; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
 import sys
-import typing
 from typing import Any, Dict, List, Optional
 
-from .methods import DATASETS, METHODS
-from .methods.runner import COMPARE_DEFAULT, RunError, compare, run_method
+from .methods.options import DATA_NAMES, IMAGE_DATA, OPTIONS, OptionError
+from .methods.outdir import Interrupted, RunError, RunFailed, check
+
+COMPARE_DEFAULT = ("edm", "disc-flow", "score-gan", "gan", "diffflow", "mmd-guidance", "mmd-flow")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
-def _convert(method: str, key: str, text: str) -> Any:
-    cls = METHODS[method]
-    hints = typing.get_type_hints(cls.Options)
-    if key not in hints:
-        raise RunError(f"method {method!r} has no option {key!r}; its options are: {', '.join(sorted(hints))}")
-    want = hints[key]
-    if want is bool:
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise RunError(f"option {key} of {method!r} must be true or false, got {text!r}")
-    try:
-        return want(text)
-    except ValueError:
-        raise RunError(f"option {key} of {method!r} must be {want.__name__}, got {text!r}") from None
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse prints its usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"gpflow: error: {message} (see 'gpflow --help')\n")
 
 
 def parse_sets(method: str, items: List[str]) -> Dict[str, Any]:
     out = {}
     for item in items:
         key, eq, value = item.partition("=")
-        if not eq or not key:
+        if not eq or not key.strip():
             raise RunError(f"--set takes KEY=VALUE, got {item!r}")
-        out[key.strip()] = _convert(method, key.strip(), value.strip())
+        out[key.strip()] = OPTIONS[method].parse(method, key.strip(), value.strip())
     return out
 
 
 def _methods_text() -> str:
+    from .methods import METHODS
+
     lines = []
     for name, cls in METHODS.items():
         lines.append(f"{name:13s} {cls.kind:7s} {cls.summary}  [{cls.paper}]")
         opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Options))
         lines.append(f"{'':21s} options: {opts}")
-    lines.append(f"\ndata sets: {', '.join(DATASETS)}")
+    lines.append(f"\ndata sets: {', '.join(DATA_NAMES)}")
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gpflow", description="GANs, diffusion and gradient flows as particle models: "
-                                "train, sample and measure the methods of the three papers on embedded data.")
-    sub = p.add_subparsers(dest="command", metavar="{run,methods,compare}")
+    p = _Parser(prog="gpflow", description="GANs, diffusion and gradient flows as particle models: "
+                "train, sample and measure the methods of the three papers on embedded data.")
+    sub = p.add_subparsers(dest="command", metavar="{run,methods,compare}", parser_class=_Parser)
     sub.required = True
     sub.add_parser("methods", help="list the methods, their kind (PM / Int-PM / flow) and options")
 
     r = sub.add_parser("run", help="train and sample one method, write metrics.json, PNGs and a checkpoint")
-    r.add_argument("method", help="one of: " + ", ".join(METHODS))
-    common = [r]
+    r.add_argument("method", help="one of: " + ", ".join(OPTIONS))
     c = sub.add_parser("compare", help="run several methods with one budget and write a comparison table")
     c.add_argument("--methods", default=",".join(COMPARE_DEFAULT), help="comma-separated method names")
-    common.append(c)
-    for q in common:
-        q.add_argument("--data", required=True, help="one of: " + ", ".join(DATASETS))
+    for q in (r, c):
+        q.add_argument("--data", required=True, help="one of: " + ", ".join(DATA_NAMES))
         q.add_argument("--out", required=True, help="output folder")
         q.add_argument("--steps", type=int, default=None, help="training steps (default: the method's)")
         q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--device", default="cpu", help="cpu or cuda")
-        q.add_argument("--quiet", action="store_true", help="no progress bar")
+        q.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+        q.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (default: torch's choice, all cores); set it on shared machines")
+        q.add_argument("--quiet", action="store_true", help="no progress output")
+        q.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a method option (repeatable)")
-    r.add_argument("--samples", type=int, default=None, help="samples for the metrics and figures")
+    r.add_argument("--samples", type=int, default=None, help="samples for the metrics and figures (>= 2)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    r.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
     r.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every this many training steps")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     return p
 
 
+def _check_common(args) -> None:
+    """Checks shared by run and compare; no torch."""
+    if args.data not in DATA_NAMES:
+        raise RunError(f"unknown data set {args.data!r}; choose one of {', '.join(DATA_NAMES)}")
+    if args.steps is not None and args.steps < 0:
+        raise RunError(f"--steps must be >= 0, got {args.steps}")
+    if args.seed < 0:
+        raise RunError(f"--seed must be >= 0, got {args.seed}")
+    if not _DEVICE.match(args.device):
+        raise RunError(f"--device {args.device!r} is not a device this command runs on; use cpu, cuda or cuda:N")
+    if args.threads is not None and args.threads < 1:
+        raise RunError(f"--threads must be >= 1, got {args.threads}")
+
+
+def _checked_run(args) -> Dict[str, Any]:
+    """The run's keyword arguments once every argument is checked; raises RunError/OptionError."""
+    _check_common(args)
+    if args.method not in OPTIONS:
+        raise RunError(f"unknown method {args.method!r}; choose one of {', '.join(OPTIONS)} (see 'gpflow methods')")
+    if args.ckpt_every < 1:
+        raise RunError(f"--ckpt-every must be >= 1, got {args.ckpt_every}")
+    if args.samples is not None and args.samples < 2:
+        raise RunError(f"--samples must be >= 2, got {args.samples}")
+    opts = parse_sets(args.method, args.set)
+    if args.steps is not None:
+        opts["steps"] = args.steps
+    OPTIONS[args.method].build(args.method, opts, is_image=args.data in IMAGE_DATA)
+    check(args.out, resume=args.resume, overwrite=args.overwrite)
+    return dict(options=opts, seed=args.seed, device=args.device, resume=args.resume, overwrite=args.overwrite,
+                n_samples=args.samples, ckpt_every=args.ckpt_every, plots=not args.no_plots, progress=not args.quiet)
+
+
+def _checked_compare(args) -> List[str]:
+    _check_common(args)
+    names = [s.strip() for s in args.methods.split(",") if s.strip()]
+    unknown = [s for s in names if s not in OPTIONS]
+    if unknown or not names:
+        raise RunError(f"unknown method(s) {unknown}; choose from {', '.join(OPTIONS)}")
+    check(args.out)
+    return names
+
+
+def _fail(code: int, text: str) -> int:
+    sys.stderr.write(f"gpflow: {text}\n")
+    sys.stderr.flush()
+    return code
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "methods":
-        print(_methods_text())
-        return 0
+    debug = getattr(args, "debug", False)
+    started = False
     try:
-        if args.data not in DATASETS:
-            raise RunError(f"unknown data set {args.data!r}; choose one of {', '.join(DATASETS)}")
-        if args.steps is not None and args.steps < 0:
-            raise RunError(f"--steps must be >= 0, got {args.steps}")
+        if args.command == "methods":
+            print(_methods_text())
+            return 0
         if args.command == "compare":
-            names = [s.strip() for s in args.methods.split(",") if s.strip()]
-            unknown = [s for s in names if s not in METHODS]
-            if unknown or not names:
-                raise RunError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+            names = _checked_compare(args)
+        else:
+            kwargs = _checked_run(args)
+        started = True
+        if args.threads is not None:
+            os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported, for its pool
+        import torch
+
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        from .methods.runner import compare, run_method
+
+        if args.command == "compare":
             compare(args.data, args.out, methods=names, steps=args.steps, seed=args.seed, device=args.device,
                     progress=not args.quiet)
-            return 0
-        if args.method not in METHODS:
-            raise RunError(f"unknown method {args.method!r}; choose one of {', '.join(METHODS)} (see 'gpflow methods')")
-        if args.ckpt_every < 1:
-            raise RunError(f"--ckpt-every must be >= 1, got {args.ckpt_every}")
-        opts = parse_sets(args.method, args.set)
-        if args.steps is not None:
-            opts["steps"] = args.steps
-        run_method(args.method, args.data, args.out, options=opts, seed=args.seed, device=args.device,
-                   resume=args.resume, n_samples=args.samples, ckpt_every=args.ckpt_every,
-                   plots=not args.no_plots, progress=not args.quiet)
-    except (RunError, ValueError, TypeError) as e:
-        parser.exit(2, f"gpflow: error: {e}\n")
+        else:
+            run_method(args.method, args.data, args.out, **kwargs)
+        return 0
+    except (RunError, OptionError) as e:
+        if debug:
+            raise
+        return _fail(2, f"error: {e}")
+    except RunFailed as e:
+        if debug:
+            raise
+        return _fail(1, f"error: {e}")
+    except (ValueError, TypeError) as e:  # refused by an op or a solver during the run
+        if debug:
+            raise
+        return _fail(1, f"error: {e}")
+    except Interrupted as e:
+        return _fail(130, str(e))
     except KeyboardInterrupt:
-        return 130
-    return 0
+        # Before the run's first write (start-up: imports, data, networks, the untrained metrics).
+        return _fail(130, "interrupted during start-up; nothing was written" if started else "interrupted")
+    except Exception as e:  # a bug or an environment problem: still one line, unless --debug
+        if debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return _fail(1, f"error: {type(e).__name__}: {first[:300]} (internal error; rerun with --debug for the traceback)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,14 +63,18 @@ def ntk_smooth(generator: nn.Module, z: Tensor, field: Tensor, *, params: Option
     if not isinstance(field, torch.Tensor):
         raise TypeError(f"field must be a torch.Tensor, got {type(field).__name__}")
     p = _params(generator, params)
+    devices = {t.device for t in p.values()}
+    if z.device not in devices or field.device not in devices:
+        raise ValueError(f"z ({_checks.describe(z)}) and field ({_checks.describe(field)}) must be on the device of "
+                         f"the generator's parameters ({', '.join(map(str, sorted(devices, key=str)))})")
+    _checks.finite("z", z)
     f = _fn(generator, z.detach())
     out, pullback = vjp(f, p)
     if field.shape != out.shape:
         raise ValueError(f"field must be shaped like the generator output {tuple(out.shape)}, got {_checks.describe(field)}")
     if field.dtype != out.dtype or field.device != out.device:
         raise TypeError(f"field must match the generator output's dtype/device ({out.dtype}, {out.device}), got {_checks.describe(field)}")
-    if not bool(torch.isfinite(field).all()):
-        raise ValueError(f"field contains NaN or infinite values ({_checks.describe(field)})")
+    _checks.finite("field", field)
     (tangent,) = pullback(field.detach())
     _, moved = jvp(f, (p,), (tangent,))
     return moved

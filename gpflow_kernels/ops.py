@@ -100,6 +100,19 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def _cast_back(op: str, out: Tensor, dtype: torch.dtype, bandwidth) -> Tensor:
+    """The result in the inputs' dtype. float16 (max 65504) can overflow where float32 did not, e.g. a
+    KDE score ~ distance/σ² at small σ: that is an error naming the bandwidth, not an inf."""
+    res = out.to(dtype)
+    if dtype in (torch.float16, torch.bfloat16) and not _checks.capturing(res) and not bool(torch.isfinite(res).all()):
+        bw = bandwidth if isinstance(bandwidth, (str, int, float)) else "the given tensor/list"
+        raise ValueError(
+            f"{op}: the result overflows {dtype} (largest {torch.finfo(dtype).max:g}) at bandwidth={bw}; "
+            "use float32 inputs or a larger bandwidth"
+        )
+    return res
+
+
 def _flat(t: Optional[Tensor], trailing: int, dtype: torch.dtype) -> Optional[Tensor]:
     """(..., *last) -> (B, *last) contiguous in the compute dtype."""
     if t is None:
@@ -230,7 +243,7 @@ def kernel_integral(
     out = out.reshape(tuple(x.shape[:-1]) + (out.shape[-1],))
     if squeeze:
         out = out.squeeze(-1)
-    return out.to(x.dtype)
+    return _cast_back("kernel_integral", out, x.dtype, bandwidth)
 
 
 def mmd_field(
@@ -277,7 +290,7 @@ def mmd_field(
         wf = _flat(weights, 1, cd)
         attract = _GradSum.apply(impl, kern, s2, xf, yf, wf / wf.sum(-1, keepdim=True))
     repel = _GradSum.apply(impl, kern, s2, xf, rf, None) / rf.shape[1]
-    return (attract - repel).reshape(x.shape).to(x.dtype)
+    return _cast_back("mmd_field", (attract - repel).reshape(x.shape), x.dtype, bandwidth)
 
 
 def mmd2(
@@ -317,7 +330,7 @@ def mmd2(
         val = (kxx - N * k0) / (N * (N - 1)) + (kyy - M * k0) / (M * (M - 1)) - 2.0 * kxy / (N * M)
     else:
         val = kxx / (N * N) + kyy / (M * M) - 2.0 * kxy / (N * M)
-    return val.reshape(x.shape[:-2]).to(x.dtype)
+    return _cast_back("mmd2", val.reshape(x.shape[:-2]), x.dtype, bandwidth)
 
 
 def _kde_prepare(x, y, bandwidth, backend):
@@ -338,7 +351,7 @@ def kde_denoiser(x: Tensor, y: Tensor, *, bandwidth: Bandwidth, backend: str = "
     x: (..., N, D), y: (..., M, D) -> (..., N, D); differentiable with respect to x and y.
     """
     x, xf, yf, s2, impl = _kde_prepare(x, y, bandwidth, backend)
-    return _SoftmaxMean.apply(impl, s2, xf, yf).reshape(x.shape).to(x.dtype)
+    return _cast_back("kde_denoiser", _SoftmaxMean.apply(impl, s2, xf, yf).reshape(x.shape), x.dtype, bandwidth)
 
 
 def kde_score(x: Tensor, y: Tensor, *, bandwidth: Bandwidth, backend: str = "auto") -> Tensor:
@@ -348,7 +361,7 @@ def kde_score(x: Tensor, y: Tensor, *, bandwidth: Bandwidth, backend: str = "aut
     """
     x, xf, yf, s2, impl = _kde_prepare(x, y, bandwidth, backend)
     mu = _SoftmaxMean.apply(impl, s2, xf, yf)
-    return ((mu - xf) / s2.view(-1, 1, 1)).reshape(x.shape).to(x.dtype)
+    return _cast_back("kde_score", ((mu - xf) / s2.view(-1, 1, 1)).reshape(x.shape), x.dtype, bandwidth)
 
 
 def svgd_field(
@@ -376,4 +389,4 @@ def svgd_field(
     drive = _Integral.apply(impl, kern, s2, xf, xf, sf)
     # ∇_{x_j} k(x_j, x_i) = −∇_{x_i} k(x_i, x_j) for a radial kernel.
     repulse = _GradSum.apply(impl, kern, s2, xf, xf, None)
-    return ((drive - repulse) / N).reshape(x.shape).to(x.dtype)
+    return _cast_back("svgd_field", ((drive - repulse) / N).reshape(x.shape), x.dtype, bandwidth)

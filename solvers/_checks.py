@@ -21,6 +21,9 @@ def state(x0) -> Tensor:
         raise TypeError(f"x0 must be a floating tensor, got dtype {x0.dtype}")
     if x0.numel() == 0:
         raise ValueError(f"x0 is empty: shape {tuple(x0.shape)}")
+    if x0.device.type == "meta":
+        raise ValueError(f"x0 is a meta tensor (shape {tuple(x0.shape)}, dtype {x0.dtype}): it has no values to "
+                         "integrate; materialise it on a real device first")
     if not bool(torch.isfinite(x0).all()):
         raise ValueError("x0 contains NaN or infinite values")
     return x0
@@ -29,6 +32,8 @@ def state(x0) -> Tensor:
 def times(ts, x0: Tensor, name: str = "ts") -> Tensor:
     """1-d, at least two points, strictly monotone (either direction); returned in x0's dtype/device."""
     ts = torch.as_tensor(ts)
+    if ts.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor: it has no values; pass the times on a real device")
     if ts.dim() != 1 or ts.numel() < 2:
         raise ValueError(f"{name} must be a 1-d grid of at least 2 times, got shape {tuple(ts.shape)}")
     if not bool(torch.isfinite(ts).all()):

@@ -37,12 +37,20 @@ def _interpreter_problem():
     return None
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the tests marked slow (GPFLOW_SLOW_TESTS=1 does the same)")
+
+
 def pytest_collection_modifyitems(config, items):
     why = _interpreter_problem()
-    if why:
-        for item in items:
-            if item.get_closest_marker("interpreter"):
-                item.add_marker(pytest.mark.skip(reason=why))
+    slow = config.getoption("--run-slow") or os.environ.get("GPFLOW_SLOW_TESTS") == "1"
+    for item in items:
+        if why and item.get_closest_marker("interpreter"):
+            item.add_marker(pytest.mark.skip(reason=why))
+        if not slow and item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.skip(reason="slow (minutes on 2 cores): run with --run-slow; "
+                                                    "benchmarks/gpu_session.sh's tests stage does"))
 
 
 @pytest.fixture(params=["one_tile", "ragged_tiles"])

@@ -20,7 +20,7 @@ needs_gpu = pytest.mark.skipif(not (HAS_GPU and _cuda.available()), reason="need
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
-@pytest.mark.parametrize("arch", ["80", "90"])
+@pytest.mark.parametrize("arch", [pytest.param("80", marks=pytest.mark.slow), "90"])
 def test_cuda_source_compiles(arch, tmp_path):
     pybind11 = pytest.importorskip("pybind11")
     cmd = ["nvcc", "-std=c++17", "-O3", "-Xcompiler", "-fPIC", f"-I{pybind11.get_include()}",

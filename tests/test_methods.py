@@ -5,12 +5,14 @@ for training-free flows (runner.py). Settings are small so the whole file runs i
 """
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
 from gpflow_kernels.methods import METHODS, get_method
-from gpflow_kernels.methods.runner import RunError, run_method
+from gpflow_kernels.methods.runner import Interrupted, RunError, run_method
 
 TINY = {
     "edm": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10},
@@ -100,21 +102,29 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, method):
                 assert torch.equal(a[key][name], b[key][name]), (key, name)
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path, monkeypatch):
+def test_a_signal_mid_step_finishes_the_step_then_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
+    """A real SIGINT delivered in the middle of step 120 (after the discriminator's update, before the
+    generator's): the step completes, the checkpoint is taken at the boundary (121), and the resumed
+    run equals the uninterrupted one. The old behaviour checkpointed the half-done step."""
     full = tiny_run(tmp_path / "a", "gan")
     cls = get_method("gan")
-    real_step = cls.train_step
+    real_critic = cls.critic
+    calls = {"n": 0}
 
-    def interrupted(self, step):
-        if step == 120:
-            raise KeyboardInterrupt
-        return real_step(self, step)
+    def critic(self, x):
+        if torch.is_grad_enabled() and x.requires_grad and calls["n"] == 0 and len(self.g_opt.state) and \
+                self.g_opt.state[next(iter(self.g_opt.state))]["step"] == 120:
+            calls["n"] += 1
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag
+        return real_critic(self, x)
 
-    monkeypatch.setattr(cls, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(cls, "critic", critic)
+    with pytest.raises(Interrupted, match=r"interrupted at step 121/"):
         tiny_run(tmp_path / "b", "gan")
-    monkeypatch.setattr(cls, "train_step", real_step)
-    assert torch.load(tmp_path / "b" / "gan" / "checkpoint.pt", weights_only=False)["step"] == 120
+    monkeypatch.setattr(cls, "critic", real_critic)
+    assert calls["n"] == 1
+    assert torch.load(tmp_path / "b" / "gan" / "checkpoint.pt", weights_only=True)["step"] == 121
+    assert not (tmp_path / "b" / "gan" / "metrics.json").exists()
     assert tiny_run(tmp_path / "b", "gan", resume=True)["final"] == full["final"]
 
 
@@ -132,13 +142,17 @@ def test_resume_refuses_changed_options_and_an_existing_run_needs_resume(tmp_pat
 @pytest.mark.parametrize("bad, match", [
     ({"nope": 1}, "has no option 'nope'"),
     ({"steps": -1}, "must be >= 0"),
-    ({"loss": "hinge"}, "option loss must be one of"),
+    ({"loss": "hinge"}, "option loss of 'gan' must be one of 'ns', 'ipm'"),
     ({"lr": "fast"}, "option lr of 'gan' must be float"),
     ({"hidden": 0}, "option hidden of 'gan' must be >= 1"),
+    ({"lr": 0.0}, "option lr of 'gan' must be > 0, got 0.0"),
+    ({"lr": float("inf")}, "option lr of 'gan' must be a finite number"),
+    ({"penalty": float("nan")}, "option penalty of 'gan' must be a finite number"),
 ])
 def test_bad_options_are_named(tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         tiny_run(tmp_path, "gan", options=bad)
+    assert not (tmp_path / "gan").exists()
 
 
 def test_flows_refuse_training_steps_and_unknown_methods_are_named(tmp_path):

@@ -44,23 +44,39 @@ def compile_kernel(kernel, const, dtype, arch):
 
 # (dtype, exact differences?, SM, tl.dot precision): float32 under each of torch's float32 matmul
 # precisions ("ieee", "tf32x3", "tf32"; see common.DOT_PRECISION), float64 always "ieee".
+# Each case takes 20-60 s of ptxas on 2 cores (float64 for sm_80 the longest), so the whole matrix
+# is marked slow; the default run compiles one variant of every kernel function (test_quick_...).
 CASES = [("fp32", True, 90, "ieee"), ("fp32", False, 90, "ieee"), ("fp64", False, 80, "ieee"),
          ("fp32", False, 90, "tf32x3"), ("fp32", False, 80, "tf32"), ("fp32", True, 80, "tf32x3")]
 
 
-def main(dtype, exact, arch, dot):
-    for kernel, const in variants(dtype, exact == "True", dot):
+def _compile_in_subprocess(dtype, exact, arch, dot, quick=False):
+    # A fresh interpreter without TRITON_INTERPRET: under the interpreter (as the other tests run
+    # here) the kernels are not compilable objects.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_triton_compile as t; "
+            f"t.main({dtype!r}, {str(exact)!r}, {arch}, {dot!r}, {quick})")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_quick_every_kernel_function_compiles_for_sm90():
+    _compile_in_subprocess("fp32", True, 90, "ieee", quick=True)
+
+
+def main(dtype, exact, arch, dot, quick=False):
+    todo = variants(dtype, exact == "True", dot)
+    if quick:  # the first variant of each kernel function
+        seen = set()
+        todo = [(k, c) for k, c in todo if not (k in seen or seen.add(k))]
+    for kernel, const in todo:
         compiled = compile_kernel(kernel, const, dtype, int(arch))
         assert compiled.asm.get("cubin"), f"{kernel.fn.__name__} {const} produced no cubin"
     print("compiled", dtype, exact, arch, dot)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype,exact,arch,dot", CASES, ids=lambda v: str(v))
 def test_every_kernel_compiles_to_a_cubin(dtype, exact, arch, dot):
-    # A fresh interpreter without TRITON_INTERPRET: under the interpreter (as the other tests run
-    # here) the kernels are not compilable objects.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    code = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_triton_compile as t; t.main({dtype!r}, {str(exact)!r}, {arch}, {dot!r})"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _compile_in_subprocess(dtype, exact, arch, dot)

@@ -13,29 +13,51 @@ This subpackage (and :mod:`gpflow_kernels.cli`) is the only part of the distribu
 | diffflow | PM | Zhang et al. 2023 |
 | mmd-guidance | PM | Asokan et al. 2023 |
 | mmd-flow, svgd, langevin | flow | Arbel et al. 2019, Liu & Wang 2016, Song & Ermon 2019 |
+
+Their options live in :mod:`.options`, which imports no torch; this package loads the method
+modules (and torch) only when ``METHODS``, ``get_method`` or a class is first asked for.
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import Dict, Type
 
-from .base import Method, Options, Sample
-from .data import DATASETS, Dataset, load
-from .diffflow import DiffFlow
-from .disc_flow import DiscFlow, DistilledDiscFlow
-from .edm import EDM
-from .flows import LangevinMethod, MMDFlowMethod, SVGDMethod
-from .gan import GAN
-from .guidance import MMDGuidance
-from .score_gan import ScoreGAN
+from .options import DATA_NAMES as DATASETS
+from .options import OPTIONS, Options
 
-METHODS: Dict[str, Type[Method]] = {
-    m.name: m for m in (EDM, ScoreGAN, DiscFlow, DistilledDiscFlow, GAN, DiffFlow, MMDGuidance, MMDFlowMethod, SVGDMethod, LangevinMethod)
+#: method name -> (module, class)
+_CLASSES = {
+    "edm": ("edm", "EDM"),
+    "score-gan": ("score_gan", "ScoreGAN"),
+    "disc-flow": ("disc_flow", "DiscFlow"),
+    "disc-flow-gen": ("disc_flow", "DistilledDiscFlow"),
+    "gan": ("gan", "GAN"),
+    "diffflow": ("diffflow", "DiffFlow"),
+    "mmd-guidance": ("guidance", "MMDGuidance"),
+    "mmd-flow": ("flows", "MMDFlowMethod"),
+    "svgd": ("flows", "SVGDMethod"),
+    "langevin": ("flows", "LangevinMethod"),
 }
+_LAZY = {"Method": "base", "Sample": "base", "Dataset": "data", "load": "data"}
 
 
-def get_method(name: str) -> Type[Method]:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+def get_method(name: str):
+    if name not in _CLASSES:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(_CLASSES)}")
+    module, cls = _CLASSES[name]
+    return getattr(importlib.import_module(f".{module}", __name__), cls)
 
 
-__all__ = ["METHODS", "get_method", "Method", "Options", "Sample", "DATASETS", "Dataset", "load"]
+def __getattr__(name: str):
+    if name == "METHODS":
+        value: Dict[str, Type] = {m: get_method(m) for m in _CLASSES}
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+__all__ = ["METHODS", "get_method", "Method", "Sample", "DATASETS", "Dataset", "load", "OPTIONS", "Options"]

@@ -1,8 +1,8 @@
 """The skeleton every method shares: options, training steps, sampling, and state for checkpoints.
 
 A method is a small object:
-- ``Options``: a dataclass of its settings (``steps`` training steps, ``batch``, ``lr``, ...), with
-  defaults that :meth:`Method.defaults` may adjust for image data;
+- ``Options``: a dataclass of its settings (``steps`` training steps, ``batch``, ``lr``, ...), defined
+  and checked in :mod:`.options` (no torch there, so the command line checks them at once);
 - ``train_step(step)``: one optimisation step (all randomness from torch's global generator, whose
   state the runner checkpoints, so a resumed run repeats an uninterrupted one exactly);
 - ``sample(n, generator, trajectory)``: n samples (n, D) drawn with ``generator`` only, the number
@@ -16,8 +16,6 @@ particle flow toward the data).
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -25,24 +23,9 @@ import torch
 from torch import nn
 
 from .data import Dataset
+from .options import Options
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class Options:
-    steps: int = 0          # training steps (0 for training-free flows)
-
-
-@dataclass
-class NetOptions(Options):
-    """Options of methods that train networks."""
-
-    steps: int = 2000
-    batch: int = 256
-    lr: float = 1e-3
-    hidden: int = 128
-    depth: int = 3
 
 
 @dataclass
@@ -69,39 +52,9 @@ class Method:
 
     # ----- settings ---------------------------------------------------------------------------
     @classmethod
-    def defaults(cls, data: Dataset) -> Dict[str, Any]:
-        """Overrides of the Options defaults for this data set (e.g. wider networks on images)."""
-        wide = data.is_image and issubclass(cls.Options, NetOptions)
-        return {"hidden": 256, "depth": 3} if wide else {}
-
-    @classmethod
     def make_options(cls, data: Dataset, overrides: Dict[str, Any]) -> Options:
-        fields = {f.name: f for f in dataclasses.fields(cls.Options)}
-        kw = dict(cls.defaults(data))
-        for key, value in overrides.items():
-            if key not in fields:
-                raise ValueError(f"method {cls.name!r} has no option {key!r}; its options are: {', '.join(sorted(fields))}")
-            kw[key] = value
-        opts = cls.Options(**kw)
-        hints = typing.get_type_hints(cls.Options)
-        for key, value in dataclasses.asdict(opts).items():
-            want = hints[key]
-            ok = isinstance(value, want) if want is not float else isinstance(value, (int, float))
-            if not ok or isinstance(value, bool) != (want is bool):
-                raise ValueError(f"option {key} of {cls.name!r} must be {want.__name__}, got {value!r}")
-            if want in (int, float) and key not in cls.signed_options and value < 0:
-                raise ValueError(f"option {key} of {cls.name!r} must be >= 0, got {value!r}")
-        for key in ("batch", "hidden", "depth"):
-            if getattr(opts, key, 1) < 1:
-                raise ValueError(f"option {key} of {cls.name!r} must be >= 1, got {getattr(opts, key)}")
-        cls.check(opts)
-        return opts
-
-    signed_options: tuple = ("p_mean",)
-
-    @classmethod
-    def check(cls, opts: Options) -> None:
-        """Method-specific option checks (raise ValueError naming the option)."""
+        """The Options for this data set (image defaults on images) with ``overrides``, checked."""
+        return cls.Options.build(cls.name, overrides, is_image=data.is_image)
 
     @property
     def total_steps(self) -> int:

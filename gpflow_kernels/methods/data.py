@@ -14,6 +14,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
+from .options import DATA_NAMES
+
 Tensor = torch.Tensor
 
 
@@ -85,7 +87,7 @@ TOY: Dict[str, Callable[[int, torch.Generator], Tensor]] = {
     "checkerboard": checkerboard,
     "swissroll": swiss_roll,
 }
-DATASETS = tuple(TOY) + ("digits",)
+DATASETS = DATA_NAMES  # the 2-D sets above, then digits
 
 
 def load_digits(seed: int = 0, n_test: int = 297) -> Dataset:

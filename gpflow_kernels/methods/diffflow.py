@@ -16,29 +16,15 @@ EDM denoiser first (``steps``) and keeps the generated-data score in closed form
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 import solvers
 
 from ..ops import kde_score
-from .base import NetOptions, solver_sample
+from .base import solver_sample
 from .edm import DenoiserMethod
-
-
-@dataclass
-class DiffFlowOptions(NetOptions):
-    steps: int = 4000         # denoiser training steps (used with scores="net" only)
-    batch: int = 1024
-    scores: str = "kde"       # "kde" or "net"
-    mix: float = 0.5          # 1: Langevin / diffusion end, 0: GAN-like flow
-    beta: float = 20.0       # β(t) = beta · σ(t)²
-    sigma_max: float = 2.0
-    sigma_min: float = 0.05
-    sample_steps: int = 200
-    p_mean: float = -1.2
-    p_std: float = 1.2
+from .options import DiffFlowOptions
 
 
 class DiffFlow(DenoiserMethod):
@@ -47,20 +33,6 @@ class DiffFlow(DenoiserMethod):
     paper = "Zhang et al. 2023"
     summary = "one SDE between diffusion (mix=1) and GAN-like flow (mix=0); scores in closed form or a net"
     Options = DiffFlowOptions
-
-    @classmethod
-    def defaults(cls, data):
-        d = super().defaults(data)
-        return {**d, "sigma_max": 4.0, "sigma_min": 0.3} if data.is_image else d
-
-    @classmethod
-    def check(cls, o):
-        if o.scores not in ("kde", "net"):
-            raise ValueError(f"option scores must be 'kde' or 'net', got {o.scores!r}")
-        if not 0 <= o.mix <= 1:
-            raise ValueError(f"option mix must be in [0, 1], got {o.mix}")
-        if not 0 < o.sigma_min < o.sigma_max or o.sample_steps < 1:
-            raise ValueError("need 0 < sigma_min < sigma_max and sample_steps >= 1")
 
     @property
     def total_steps(self):

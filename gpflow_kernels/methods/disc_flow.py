@@ -13,26 +13,16 @@ of :mod:`.gan`). Generation integrates the same ODE: ``flow_steps`` discriminato
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 import solvers
 
-from .base import Method, NetOptions, Sample, adam, step_on
-from .gan import check_loss, disc_loss, gen_cost
+from .base import Method, Sample, adam, step_on
+from .gan import disc_loss, gen_cost
 from .nets import ConditionedMLP, mlp
+from .options import DiscFlowOptions, DistilledOptions
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class DiscFlowOptions(NetOptions):
-    steps: int = 1500
-    loss: str = "ns"
-    penalty: float = 0.1
-    eta: float = 3.0        # field scale η
-    flow_steps: int = 10    # Euler steps over t ∈ [0, 1]
 
 
 class DiscFlow(Method):
@@ -41,12 +31,6 @@ class DiscFlow(Method):
     paper = "Franceschi et al. 2023"
     summary = "particles follow −η∇(c∘f)(x, t) of one time-conditioned discriminator trained on its own flow"
     Options = DiscFlowOptions
-
-    @classmethod
-    def check(cls, o):
-        check_loss(o)
-        if o.flow_steps < 1 or o.eta <= 0:
-            raise ValueError("flow_steps must be >= 1 and eta > 0")
 
     def __init__(self, data, options, device):
         super().__init__(data, options, device)
@@ -86,13 +70,6 @@ class DiscFlow(Method):
     def sample(self, n, generator, trajectory=False):
         path = self.flow(self.prior(n, generator))
         return Sample(path[-1], self.opts.flow_steps, path if trajectory else None)
-
-
-@dataclass
-class DistilledOptions(DiscFlowOptions):
-    steps: int = 1500          # discriminator-flow steps (phase 1)
-    distill_steps: int = 1000  # generator regression steps (phase 2)
-    gen_lr: float = 1e-3
 
 
 class DistilledDiscFlow(DiscFlow):

@@ -9,30 +9,16 @@ with churn), i.e. ``solvers.sdeint(..., method="edm")``: 2 n − 1 denoiser call
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 import solvers
 
 from ..losses import denoising_score_matching_loss
-from .base import Method, NetOptions, adam, solver_sample, step_on
+from .base import Method, adam, solver_sample, step_on
 from .nets import EDMPrecond
+from .options import EDMOptions
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class EDMOptions(NetOptions):
-    steps: int = 4000
-    batch: int = 1024       # denoising losses are noisy: large batches train far faster per second
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    rho: float = 7.0
-    sample_steps: int = 18   # noise levels n; 2n − 1 denoiser calls
-    churn: float = 0.0
 
 
 def data_sigma(x: Tensor) -> float:
@@ -80,13 +66,6 @@ class EDM(DenoiserMethod):
     paper = "Karras et al. 2022; Franceschi et al. 2023"
     summary = "diffusion: preconditioned denoiser, log-normal σ training, Heun sampler over the Karras grid"
     Options = EDMOptions
-
-    @classmethod
-    def check(cls, o):
-        if not 0 < o.sigma_min < o.sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={o.sigma_min}, sigma_max={o.sigma_max}")
-        if o.sample_steps < 1 or o.rho <= 0 or o.p_std <= 0:
-            raise ValueError("sample_steps must be >= 1 and rho, p_std > 0")
 
     @torch.no_grad()
     def sample(self, n, generator, trajectory=False):

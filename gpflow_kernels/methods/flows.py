@@ -12,21 +12,13 @@ Each draws ``n_data`` data points per run as the target sample.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 import solvers
 
 from ..ops import kde_score
-from .base import Method, Options, Sample, solver_sample
-
-
-@dataclass
-class FlowOptions(Options):
-    steps: int = 0
-    n_data: int = 2000
-    sample_steps: int = 200
+from .base import Method, Sample, solver_sample
+from .options import LangevinOptions, MMDFlowOptions, SVGDOptions
 
 
 class _Flow(Method):
@@ -43,30 +35,12 @@ class _Flow(Method):
         out = solvers.odeint(field, self.prior(n, generator), ts, method="euler", save="all" if trajectory else "last")
         return solver_sample(out, self.opts.sample_steps, trajectory)
 
-    @classmethod
-    def check(cls, o):
-        if o.steps != 0:
-            raise ValueError(f"{cls.name!r} is a training-free flow: option steps must be 0, got {o.steps}")
-        if o.n_data < 2 or o.sample_steps < 1:
-            raise ValueError("n_data must be >= 2 and sample_steps >= 1")
-
-
-@dataclass
-class MMDFlowOptions(FlowOptions):
-    step_size: float = 3.0
-    bandwidth: float = 0.5   # kernels at bandwidth and 4 × bandwidth, summed
-    noise: float = 0.3       # initial noise-injection level β(0)
-
 
 class MMDFlowMethod(_Flow):
     name = "mmd-flow"
     paper = "Arbel et al. 2019"
     summary = "particles ascend the MMD witness (closed-form IPM critic), with noise injection"
     Options = MMDFlowOptions
-
-    @classmethod
-    def defaults(cls, data):
-        return {"bandwidth": 4.0, "step_size": 30.0} if data.is_image else {}
 
     @torch.no_grad()
     def sample(self, n, generator, trajectory=False):
@@ -78,21 +52,11 @@ class MMDFlowMethod(_Flow):
         return self.euler(field, n, generator, T, trajectory)
 
 
-@dataclass
-class SVGDOptions(FlowOptions):
-    step_size: float = 0.02
-    sigma: float = 0.2      # the target is the data smoothed by N(0, σ² I)
-
-
 class SVGDMethod(_Flow):
     name = "svgd"
     paper = "Liu & Wang 2016"
     summary = "Stein variational gradient descent toward the smoothed data (closed-form score)"
     Options = SVGDOptions
-
-    @classmethod
-    def defaults(cls, data):
-        return {"sigma": 0.5, "step_size": 1.0} if data.is_image else {}
 
     @torch.no_grad()
     def sample(self, n, generator, trajectory=False):
@@ -102,30 +66,11 @@ class SVGDMethod(_Flow):
         return self.euler(field, n, generator, o.step_size * o.sample_steps, trajectory)
 
 
-@dataclass
-class LangevinOptions(FlowOptions):
-    sample_steps: int = 20   # steps per level
-    levels: int = 10
-    sigma_max: float = 2.0
-    sigma_min: float = 0.05
-    eps: float = 2e-3        # step at the smallest level, in units of σ_min²
-
-
 class LangevinMethod(_Flow):
     name = "langevin"
     paper = "Song & Ermon 2019"
     summary = "annealed Langevin dynamics on the data smoothed at decreasing noise levels (closed-form scores)"
     Options = LangevinOptions
-
-    @classmethod
-    def defaults(cls, data):
-        return {"sigma_max": 4.0, "sigma_min": 0.1} if data.is_image else {}
-
-    @classmethod
-    def check(cls, o):
-        super().check(o)
-        if o.levels < 1 or not 0 < o.sigma_min < o.sigma_max or o.eps <= 0:
-            raise ValueError("need levels >= 1, 0 < sigma_min < sigma_max and eps > 0")
 
     @torch.no_grad()
     def sample(self, n, generator, trajectory=False):

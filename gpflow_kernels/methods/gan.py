@@ -10,17 +10,16 @@ discriminator flow, each particle) descends c∘f, i.e. follows the field ∇h =
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from torch.nn import functional as F
 
-from .base import Method, NetOptions, Sample, adam, step_on
+from .base import Method, Sample, adam, step_on
 from .nets import mlp
+from .options import GANOptions
 
 Tensor = torch.Tensor
-LOSSES = ("ns", "ipm")
 
 
 def gen_cost(loss: str, f: Tensor) -> Tensor:
@@ -48,33 +47,12 @@ def disc_loss(loss: str, penalty: float, f: Callable[[Tensor], Tensor], fake: Te
     return out
 
 
-@dataclass
-class GANOptions(NetOptions):
-    steps: int = 3000
-    loss: str = "ns"
-    penalty: float = 0.1     # R1 γ for "ns", gradient-penalty λ for "ipm"
-    d_steps: int = 1         # discriminator steps per generator step
-    latent: int = 8
-    lr: float = 2e-4
-
-
-def check_loss(o):
-    if o.loss not in LOSSES:
-        raise ValueError(f"option loss must be one of {LOSSES}, got {o.loss!r}")
-
-
 class GAN(Method):
     name = "gan"
     kind = "Int-PM"
     paper = "Goodfellow et al. 2014; Franceschi et al. 2023"
     summary = "generator and discriminator; non-saturating (R1) or IPM (gradient penalty) losses"
     Options = GANOptions
-
-    @classmethod
-    def check(cls, o):
-        check_loss(o)
-        if o.d_steps < 1 or o.latent < 1:
-            raise ValueError("d_steps and latent must be >= 1")
 
     def __init__(self, data, options, device):
         super().__init__(data, options, device)

@@ -20,31 +20,17 @@ samples are decoded (latent diffusion, as in the paper's LDM experiments).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
 import solvers
 
-from ..kernels import KERNELS
 from ..ops import mmd_field
 from .base import Method, Sample, adam, step_on
-from .edm import EDM, EDMOptions, data_sigma, karras_grid, train_denoiser_step
+from .edm import data_sigma, karras_grid, train_denoiser_step
 from .nets import EDMPrecond, mlp
-
-
-@dataclass
-class GuidanceOptions(EDMOptions):
-    steps: int = 4000
-    guidance: float = 0.5       # λ
-    kernel: str = "gaussian"
-    bandwidth: float = 0.5
-    scale_bandwidth: bool = True
-    n_data: int = 1000          # data samples in the witness
-    sampler: str = "heun"
-    latent: int = 0             # autoencoder latent size; 0: pixel/point space
-    ae_steps: int = 1500
+from .options import GuidanceOptions
 
 
 class MMDGuidance(Method):
@@ -53,16 +39,6 @@ class MMDGuidance(Method):
     paper = "Asokan et al. 2023"
     summary = "EDM/DDIM sampler plus λ ∇ of the closed-form MMD witness (IPM-GAN critic), optionally in latent space"
     Options = GuidanceOptions
-
-    @classmethod
-    def check(cls, o):
-        EDM.check(o)
-        if o.kernel not in KERNELS:
-            raise ValueError(f"option kernel must be one of {sorted(KERNELS)}, got {o.kernel!r}")
-        if o.sampler not in ("heun", "euler", "ddim"):
-            raise ValueError(f"option sampler must be 'heun', 'euler' or 'ddim', got {o.sampler!r}")
-        if o.n_data < 2 or o.bandwidth <= 0:
-            raise ValueError("n_data must be >= 2 and bandwidth > 0")
 
     def __init__(self, data, options, device):
         super().__init__(data, options, device)

@@ -57,7 +57,7 @@ def samples_png(path: Path, x: Tensor, data: Dataset, title: str) -> None:
         ax.legend(loc="upper right", markerscale=4, fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
@@ -91,5 +91,5 @@ def trajectory_png(path: Path, traj: Tensor, data: Dataset, title: str, label: s
         ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)

@@ -1,20 +1,28 @@
 """The main job: train a method with checkpoints, sample, measure, draw.
 
-``run_method`` writes into ``out``:
-- ``checkpoint.pt``: networks, optimisers, the step reached, torch's RNG state and the history,
-  saved every ``ckpt_every`` steps, at the end of training and on Ctrl-C, so ``resume=True``
-  continues exactly where the run stopped (the result equals an uninterrupted run's);
+``run_method`` writes into ``out`` (through :class:`.outdir.OutDir`: the folder appears with the
+first file, and every file is written whole or not at all):
+- ``checkpoint.pt``: networks, optimisers, the step reached, the RNG states (which also fix the data
+  order) and the history, saved every ``ckpt_every`` steps, at the end of training and when a
+  signal stops the run. Ctrl-C (SIGINT) or SIGTERM during training only sets a flag: the step in
+  progress finishes and the checkpoint is taken at that step boundary, so ``resume=True`` continues
+  exactly where the run stopped and ends bit-identical to an uninterrupted run (same machine,
+  threads and versions). A second Ctrl-C stops at once, without saving the step in progress;
 - ``samples.png``, ``trajectory.png`` and ``metrics.json`` (metrics of the untrained method and of
-  the trained one, field evaluations per sample, training and sampling seconds).
+  the trained one, field evaluations per sample, training and sampling seconds), written last.
 For Int-PMs the trajectory is the generator's outputs for fixed latents during training; for PMs
-and flows it is the particles' path at generation time.
+and flows it is the particles' path at generation time. Training-free runs (flows, or
+``steps=0``) write nothing until they have every result.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
+import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -24,20 +32,13 @@ import torch
 from . import get_method
 from .data import Dataset, load
 from .metrics import digits_classifier, evaluate
+from .outdir import CHECKPOINT, Interrupted, OutDir, RunError, RunFailed, check
 from .progress import Progress
 
-CHECKPOINT = "checkpoint.pt"
+__all__ = ["run_method", "compare", "RunError", "RunFailed", "Interrupted", "CHECKPOINT", "COMPARE_DEFAULT"]
+
 FORMAT = 1
-
-
-class RunError(ValueError):
-    """A run cannot start as asked (an option, the output folder or the checkpoint); the message says why."""
-
-
-def _save(path: Path, obj: Dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint
+_CKPT_KEYS = ("format", "method", "data", "seed", "options", "step", "state", "rng", "history", "snapshots", "init_metrics")
 
 
 def _rng_state(device: torch.device) -> Dict[str, Any]:
@@ -56,66 +57,129 @@ def _set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
 def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:
         raise RunError(f"--device {device!r} is not a torch device: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"--device {device} asked for, but torch sees no CUDA device (torch {torch.__version__})")
+    if dev.type not in ("cpu", "cuda"):
+        raise RunError(f"--device {device!r}: only cpu and cuda are supported")
     return dev
 
 
+class _DeferredSignals:
+    """While active (main thread only), SIGINT and SIGTERM set ``self.signum`` instead of stopping the
+    step in progress; the loop checks it at each step boundary. A second signal raises
+    KeyboardInterrupt at once (the user insists)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.signum: Optional[int] = None
+        self.old = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self.old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _load_checkpoint(path: Path, dev: torch.device, record: Dict[str, Any], total: int) -> Dict[str, Any]:
+    """The checkpoint at ``path``, checked against this run; RunError naming the problem otherwise."""
+    hint = "--overwrite starts the run over"
+    try:
+        ck = torch.load(path, map_location=dev, weights_only=True)
+    except Exception as e:  # garbage, truncated, empty or not a torch file: all one answer
+        raise RunError(f"--resume: {path} cannot be read as a checkpoint: it is empty, truncated or not written by "
+                       f"gpflow ({type(e).__name__}); {hint}") from None
+    missing = [k for k in _CKPT_KEYS if not isinstance(ck, dict) or k not in ck]
+    if missing:
+        raise RunError(f"--resume: {path} is not a gpflow checkpoint (no {', '.join(missing)}); {hint}")
+    theirs = {k: ck[k] for k in ("format", "method", "data", "seed")}
+    ours = {k: record[k] for k in theirs}
+    if theirs != ours:
+        raise RunError(f"--resume: {path} is from another run ({theirs}), not {ours}; {hint} or match its options")
+    diff = sorted(k for k in record["options"] if k != "steps" and ck["options"].get(k) != record["options"][k])
+    if diff:
+        raise RunError(f"--resume with changed options {diff}: the checkpoint has "
+                       + ", ".join(f"{k}={ck['options'].get(k)!r}" for k in diff) + f"; {hint}")
+    if not isinstance(ck["step"], int) or ck["step"] > total:
+        raise RunError(f"--resume: the checkpoint is at step {ck['step']}, past the {total} training steps asked for "
+                       "now; pass --steps so that the total is at least the checkpoint's, or --overwrite")
+    return ck
+
+
+def _finite_stats(stats: Dict[str, float], step: int, dirs: OutDir, last_ckpt: Optional[int]) -> None:
+    bad = {k: v for k, v in stats.items() if not math.isfinite(v)}
+    if bad:
+        raise RunFailed(f"training diverged at step {step}: " + ", ".join(f"{k} = {v}" for k, v in bad.items())
+                        + f" (lower lr or check the options); {dirs.describe_checkpoint(last_ckpt)}")
+
+
 def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]] = None, seed: int = 0,
-               device: str = "cpu", resume: bool = False, n_samples: Optional[int] = None,
+               device: str = "cpu", resume: bool = False, overwrite: bool = False, n_samples: Optional[int] = None,
                ckpt_every: int = 500, plots: bool = True, progress: bool = True,
                stop_after: Optional[int] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Train (if the method trains), sample and measure ``method`` on the data set ``data``.
 
     options: method options (see ``gpflow methods``); n_samples: samples drawn for the metrics and
-    figures (default 1000 for 2-D, 500 for digits); stop_after: stop training after this many
-    steps in this call (a checkpoint is written; used to test resuming).
+    figures (default 1000 for 2-D, 500 for digits); resume: continue the run in ``out`` from its
+    checkpoint; overwrite: start over in a folder that holds a run; stop_after: stop training
+    after this many steps in this call (a checkpoint is written; used to test resuming).
     Returns the metrics dictionary that is also written to ``out/metrics.json``.
+
+    Raises RunError (the run cannot start as asked; nothing written), RunFailed (it failed while
+    running; the message says which checkpoint is left) or Interrupted (a signal stopped it).
     """
     cls = get_method(method)
+    out = check(out, resume=resume, overwrite=overwrite)
+    for name, v, low in (("ckpt_every", ckpt_every, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise RunError(f"{name} must be an integer >= {low}, got {v!r}")
     dev = resolve_device(device)
     if plots:
         from .plots import pyplot
 
         pyplot()  # fail before training, not after, when matplotlib is missing
-    out = Path(out)
-    ckpt_path = out / CHECKPOINT
-    if ckpt_path.exists() and not resume:
-        raise RunError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or choose another --out")
     ds: Dataset = load(data, seed=seed)
     opts = cls.make_options(ds, dict(options or {}))
-    n = n_samples or (500 if ds.is_image else 1000)
+    n = (500 if ds.is_image else 1000) if n_samples is None else n_samples
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise RunError(f"n_samples must be an integer >= 2, got {n!r}")
+        raise RunError(f"--samples must be an integer >= 2, got {n!r}")
     ds = ds.to(dev)
     torch.manual_seed(seed)
     m = cls(ds, opts, dev)
     classifier = digits_classifier(ds) if ds.is_image else None
     sample_gen = lambda: torch.Generator(device=dev).manual_seed(seed + 1)
     record = {"format": FORMAT, "method": method, "data": data, "seed": seed, "options": dataclasses.asdict(opts)}
+    dirs = OutDir(out, overwrite=overwrite)
+    total = m.total_steps
     step, history, snapshots = 0, [], []
     init_metrics = None
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        theirs = {k: ck.get(k) for k in ("format", "method", "data", "seed")}
-        ours = {k: record[k] for k in theirs}
-        if theirs != ours:
-            raise RunError(f"{ckpt_path} is from another run ({theirs}), not {ours}")
-        diff = {k for k in record["options"] if k != "steps" and ck["options"].get(k) != record["options"][k]}
-        if diff:
-            raise RunError(f"--resume with changed options {sorted(diff)}: the checkpoint has "
-                           + ", ".join(f"{k}={ck['options'].get(k)!r}" for k in sorted(diff)))
-        m.load_state_dict(ck["state"])
+    last_ckpt: Optional[int] = None
+    if resume:
+        ck = _load_checkpoint(out / CHECKPOINT, dev, record, total)
+        try:
+            m.load_state_dict(ck["state"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise RunError(f"--resume: {out / CHECKPOINT} does not fit this method's networks ({str(e)[:200]}); "
+                           "--overwrite starts the run over") from None
         _set_rng_state(ck["rng"], dev)
         step, history, snapshots, init_metrics = ck["step"], ck["history"], ck["snapshots"], ck["init_metrics"]
+        last_ckpt = step
         log(f"resuming {method} on {data} from step {step}")
     else:
-        out.mkdir(parents=True, exist_ok=True)
         # The untrained method (or, for flows, the starting particles) is the baseline to improve on.
         rng = _rng_state(dev)
-        if m.total_steps == 0:  # training-free: the starting particles
+        if total == 0:  # training-free: the starting particles
             x_init = m.prior(n, sample_gen())
         else:
             x_init = m.sample(n, sample_gen()).x
@@ -123,41 +187,64 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
         _set_rng_state(rng, dev)
 
     def checkpoint():
-        _save(ckpt_path, {**record, "step": step, "state": m.state_dict(), "rng": _rng_state(dev),
-                          "history": history, "snapshots": snapshots, "init_metrics": init_metrics})
+        state = {**record, "step": step, "state": m.state_dict(), "rng": _rng_state(dev), "history": history,
+                 "snapshots": snapshots, "init_metrics": init_metrics}
+        dirs.write(CHECKPOINT, lambda p: torch.save(state, p))
 
-    total = m.total_steps
     snap_every = max(1, total // 20)
     bar = Progress(total, f"{method}/{data}", enabled=progress, start=step)
     t0 = time.perf_counter()
     train_seconds = 0.0 if not history else history[-1].get("seconds", 0.0)
-    stopped_early = False
-    try:
-        while step < total:
-            if stop_after is not None and step >= stop_after:
-                stopped_early = True
-                break
-            stats = m.train_step(step)
-            step += 1
-            if step % max(1, total // 50) == 0 or step == total:
-                history.append({"step": step, **stats, "seconds": train_seconds + time.perf_counter() - t0})
-            if m.kind == "Int-PM" and (step % snap_every == 0 or step == total):
-                with torch.no_grad():
-                    snapshots.append(m.sample(min(n, 256), torch.Generator(device=dev).manual_seed(seed + 2)).x.cpu())
-            bar.update(step, stats)
-            if step % ckpt_every == 0:
-                checkpoint()
-    except KeyboardInterrupt:
-        checkpoint()
-        log(f"\ninterrupted at step {step}/{total}; checkpoint saved in {ckpt_path}, continue with --resume")
-        raise
-    train_seconds += time.perf_counter() - t0
-    if history:
-        history[-1]["seconds"] = train_seconds
-    checkpoint()
-    if stopped_early:
-        return {"stopped_at": step}
+    import solvers  # the particle solvers' error type (layer 3 may import them)
 
+    with _DeferredSignals() as sig:
+        try:
+            while step < total and sig.signum is None and not (stop_after is not None and step >= stop_after):
+                stats = m.train_step(step)
+                _finite_stats(stats, step + 1, dirs, last_ckpt)
+                step += 1
+                if step % max(1, total // 50) == 0 or step == total:
+                    history.append({"step": step, **stats, "seconds": train_seconds + time.perf_counter() - t0})
+                if m.kind == "Int-PM" and (step % snap_every == 0 or step == total):
+                    with torch.no_grad():
+                        snapshots.append(m.sample(min(n, 256), torch.Generator(device=dev).manual_seed(seed + 2)).x.cpu())
+                bar.update(step, stats)
+                if step % ckpt_every == 0:
+                    checkpoint()
+                    last_ckpt = step
+        except solvers.NonFiniteError as e:
+            bar.close()
+            raise RunFailed(f"training failed at step {step + 1}: {e}; {dirs.describe_checkpoint(last_ckpt)}") from None
+        except KeyboardInterrupt:
+            bar.close()
+            raise Interrupted(f"interrupted twice: stopped in step {step + 1} without saving it; "
+                              f"{dirs.describe_checkpoint(last_ckpt)}") from None
+        bar.close()
+        train_seconds += time.perf_counter() - t0
+        if history:
+            history[-1]["seconds"] = train_seconds
+        if total > 0 and last_ckpt != step:
+            checkpoint()
+            last_ckpt = step
+        if sig.signum is not None and step < total:
+            raise Interrupted(f"interrupted at step {step}/{total}: checkpoint saved in {out / CHECKPOINT}; "
+                              "--resume continues the run exactly")
+        if stop_after is not None and step < total:
+            return {"stopped_at": step}
+    try:
+        return _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, total, train_seconds,
+                       history, snapshots, init_metrics, checkpoint if total == 0 else None, plots, opts, log)
+    except solvers.NonFiniteError as e:
+        raise RunFailed(f"sampling failed: {e}; {dirs.describe_checkpoint(last_ckpt)}") from None
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted while sampling; " + (
+            f"training is complete and saved in {out / CHECKPOINT}: --resume samples and measures it"
+            if last_ckpt is not None else f"nothing was written to {out}")) from None
+
+
+def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, total, train_seconds, history,
+            snapshots, init_metrics, checkpoint, plots, opts, log) -> Dict[str, Any]:
+    """Sample, measure and write the results (every file whole, metrics.json last)."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t1 = time.perf_counter()
@@ -165,27 +252,42 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     sample_seconds = time.perf_counter() - t1
+    if not bool(torch.isfinite(smp.x).all()):
+        raise RunFailed("the samples hold NaN or infinite values although training stayed finite; "
+                        "lower lr or the step sizes")
     final = evaluate(smp.x, ds, classifier)
-    metrics = {"method": method, "data": data, "kind": m.kind, "paper": cls.paper, "seed": seed,
+    metrics = {"method": method, "data": data, "kind": m.kind, "paper": cls.paper, "seed": record["seed"],
                "options": record["options"], "train_steps": total, "train_seconds": round(train_seconds, 3),
                "n_samples": n, "nfe": smp.nfe, "sample_seconds": round(sample_seconds, 4),
                "init": init_metrics, "final": final, "history": history}
     if method == "mmd-guidance" and opts.guidance:
         metrics["unguided"] = evaluate(m.sample(n, sample_gen(), guidance=0.0).x, ds, classifier)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    figures: Dict[str, bytes] = {}
     if plots:
         from .plots import samples_png, trajectory_png
 
         title = f"{method} on {data}: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items())
-        samples_png(out / "samples.png", smp.x, ds, title)
+        figures["samples.png"] = _png(samples_png, smp.x, ds, title)
         if m.kind == "Int-PM":
             traj, label = torch.stack(snapshots), "training step"
         else:
             traj, label = smp.path, "integration time"
-        trajectory_png(out / "trajectory.png", traj, ds, f"{method}: particle trajectories", label)
-    log(f"{method} on {data}: " + ", ".join(f"{k} {init_metrics[k]:.4g} -> {final[k]:.4g}" for k in final)
-        + f"; {smp.nfe} field evaluations per sample, sampling {sample_seconds:.2f} s; wrote {out}")
+        figures["trajectory.png"] = _png(trajectory_png, traj, ds, f"{method}: particle trajectories", label)
+    if checkpoint is not None:  # training-free runs write their (step 0) checkpoint with the results
+        checkpoint()
+    for name, content in figures.items():
+        dirs.write(name, lambda p, c=content: p.write_bytes(c))
+    dirs.write_text("metrics.json", json.dumps(metrics, indent=2))
+    init = metrics["init"]
+    log(f"{method} on {data}: " + ", ".join(f"{k} {init[k]:.4g} -> {final[k]:.4g}" for k in final)
+        + f"; {smp.nfe} field evaluations per sample, sampling {sample_seconds:.2f} s; wrote {dirs.path}")
     return metrics
+
+
+def _png(draw, *args) -> bytes:
+    buf = io.BytesIO()
+    draw(buf, *args)
+    return buf.getvalue()
 
 
 COMPARE_DEFAULT = ("edm", "disc-flow", "score-gan", "gan", "diffflow", "mmd-guidance", "mmd-flow")
@@ -198,9 +300,10 @@ def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = N
     Writes ``out/METHOD/`` per method, ``out/compare.json`` and ``out/compare.md`` (a table in the
     manner of the GPM paper: PM vs Int-PM, quality, field evaluations per sample, sampling time).
     """
-    out = Path(out)
+    out = check(out)
     for name in methods:
         get_method(name)
+    dirs = OutDir(out)
     rows = []
     for name in methods:
         cls = get_method(name)
@@ -211,7 +314,7 @@ def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = N
                          resume=(out / name / CHECKPOINT).exists(), progress=progress, log=log)
         rows.append({"method": name, "kind": res["kind"], **res["final"], "nfe": res["nfe"],
                      "sample_seconds": res["sample_seconds"], "train_seconds": res["train_seconds"]})
-    (out / "compare.json").write_text(json.dumps(rows, indent=2))
+    dirs.write_text("compare.json", json.dumps(rows, indent=2))
     keys = [k for k in rows[0] if k not in ("method", "kind", "nfe", "sample_seconds", "train_seconds")]
     lines = [f"# {data}: methods compared (seed {seed}, training steps {steps if steps is not None else 'default'})", "",
              "| method | kind | " + " | ".join(keys) + " | field evals / sample | sampling s | training s |",
@@ -219,6 +322,6 @@ def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = N
     for r in rows:
         lines.append(f"| {r['method']} | {r['kind']} | " + " | ".join(f"{r[k]:.4g}" for k in keys)
                      + f" | {r['nfe']} | {r['sample_seconds']:.3f} | {r['train_seconds']:.1f} |")
-    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    dirs.write_text("compare.md", "\n".join(lines) + "\n")
     log("\n".join(lines))
     return rows

@@ -16,27 +16,13 @@ Sampling is one generator call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from ..ops import kde_score
-from .base import Method, NetOptions, Sample, adam, step_on
+from .base import Method, Sample, adam, step_on
 from .edm import data_sigma, sample_sigmas, train_denoiser_step
 from .nets import EDMPrecond, mlp
-
-
-@dataclass
-class ScoreGANOptions(NetOptions):
-    steps: int = 1500        # generator steps (phase 2)
-    batch: int = 1024
-    data_steps: int = 4000   # data-score steps (phase 1)
-    data_score: str = "net"  # "net" or "kde"
-    score_steps: int = 2     # generated-score DSM steps per generator step
-    latent: int = 8
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    gen_lr: float = 5e-4
+from .options import ScoreGANOptions
 
 
 class ScoreGAN(Method):
@@ -45,18 +31,6 @@ class ScoreGAN(Method):
     paper = "Franceschi et al. 2023"
     summary = "generator trained by data score minus an online generated-data score, at random noise levels"
     Options = ScoreGANOptions
-
-    @classmethod
-    def defaults(cls, data):
-        # Three network passes per generator step: smaller batches keep digits at a few minutes.
-        return {**super().defaults(data), "batch": 256} if data.is_image else {}
-
-    @classmethod
-    def check(cls, o):
-        if o.data_score not in ("net", "kde"):
-            raise ValueError(f"option data_score must be 'net' or 'kde', got {o.data_score!r}")
-        if o.latent < 1 or o.p_std <= 0:
-            raise ValueError("latent must be >= 1 and p_std > 0")
 
     def __init__(self, data, options, device):
         super().__init__(data, options, device)

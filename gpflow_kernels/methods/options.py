@@ -1,0 +1,305 @@
+"""Every method's options, and their checks, with no torch import.
+
+The command line checks a run's method, data set and options before it imports torch (1–3 s), so
+that a wrong option is reported at once and before anything is written. Each method module takes
+its ``Options`` class from here.
+
+Rules, read along each class's MRO:
+- every number is finite; integers are >= 0 and floats >= 0 unless the name is in ``SIGNED``;
+- ``LOWER`` raises the floor of a number: ``{"lr": (0, False)}`` means lr > 0, ``(1, True)`` >= 1;
+- ``CHOICES`` lists the allowed strings of a string option;
+- ``check()`` holds the rules that tie several options together.
+``IMAGE`` holds the defaults that change on image data (wider networks and so on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Mapping, Tuple, Type
+
+#: Data sets known by name (``data.py`` builds them); those in IMAGE_DATA are images.
+DATA_NAMES = ("8gaussians", "moons", "checkerboard", "swissroll", "digits")
+IMAGE_DATA = ("digits",)
+#: Kernel names (gpflow_kernels.kernels.KERNELS; a test keeps the two equal).
+KERNEL_NAMES = ("energy", "gaussian", "imq", "laplace", "polyharmonic")
+
+
+class OptionError(ValueError):
+    """An option's value is not allowed; the message names the option, the method and the rule."""
+
+
+def _merged(cls: type, attr: str) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k in reversed(cls.__mro__):
+        out.update(vars(k).get(attr, {}))
+    return out
+
+
+@dataclass
+class Options:
+    steps: int = 0          # training steps (0 for training-free flows)
+
+    SIGNED: ClassVar[Dict[str, None]] = {}
+    LOWER: ClassVar[Dict[str, Tuple[float, bool]]] = {}
+    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {}
+    IMAGE: ClassVar[Dict[str, Any]] = {}
+
+    @classmethod
+    def types(cls) -> Dict[str, type]:
+        return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def parse(cls, method: str, key: str, text: str) -> Any:
+        """The value of ``--set key=text`` in the option's type."""
+        types = cls.types()
+        if key not in types:
+            raise OptionError(f"method {method!r} has no option {key!r}; its options are: {', '.join(sorted(types))}")
+        want = types[key]
+        if want is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise OptionError(f"option {key} of {method!r} must be true or false, got {text!r}")
+        try:
+            return want(text)
+        except ValueError:
+            raise OptionError(f"option {key} of {method!r} must be {want.__name__}, got {text!r}") from None
+
+    @classmethod
+    def build(cls, method: str, overrides: Mapping[str, Any], *, is_image: bool = False) -> "Options":
+        """Defaults (image defaults on image data), then ``overrides``, every value checked."""
+        types = cls.types()
+        kw = dict(_merged(cls, "IMAGE")) if is_image else {}
+        for key, value in overrides.items():
+            if key not in types:
+                raise OptionError(f"method {method!r} has no option {key!r}; its options are: {', '.join(sorted(types))}")
+            kw[key] = value
+        opts = cls(**kw)
+        signed, lower, choices = _merged(cls, "SIGNED"), _merged(cls, "LOWER"), _merged(cls, "CHOICES")
+        for key, want in types.items():
+            value = getattr(opts, key)
+            ok = isinstance(value, want) if want is not float else isinstance(value, (int, float))
+            if not ok or isinstance(value, bool) != (want is bool):
+                raise OptionError(f"option {key} of {method!r} must be {want.__name__}, got {value!r}")
+            if want in (int, float):
+                if not math.isfinite(value):
+                    raise OptionError(f"option {key} of {method!r} must be a finite number, got {value!r}")
+                if key in signed:
+                    continue
+                low, inclusive = lower.get(key, (0, True))
+                if value < low or (value == low and not inclusive):
+                    raise OptionError(f"option {key} of {method!r} must be {'>=' if inclusive else '>'} {low}, got {value!r}")
+            if key in choices and value not in choices[key]:
+                raise OptionError(f"option {key} of {method!r} must be one of {', '.join(map(repr, choices[key]))}, got {value!r}")
+        opts.check(method)
+        return opts
+
+    def check(self, method: str) -> None:
+        """Rules that tie options together (raise OptionError naming them)."""
+
+
+# ----- methods that train networks --------------------------------------------------------------
+
+
+@dataclass
+class NetOptions(Options):
+    steps: int = 2000
+    batch: int = 256
+    lr: float = 1e-3
+    hidden: int = 128
+    depth: int = 3
+
+    LOWER = {"batch": (1, True), "lr": (0, False), "hidden": (1, True), "depth": (1, True)}
+    IMAGE = {"hidden": 256, "depth": 3}
+
+
+def _sigma_range(method: str, o) -> None:
+    if not o.sigma_min < o.sigma_max:
+        raise OptionError(f"options of {method!r} need sigma_min < sigma_max, got sigma_min={o.sigma_min}, sigma_max={o.sigma_max}")
+
+
+@dataclass
+class EDMOptions(NetOptions):
+    steps: int = 4000
+    batch: int = 1024       # denoising losses are noisy: large batches train far faster per second
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    sample_steps: int = 18   # noise levels n; 2n − 1 denoiser calls
+    churn: float = 0.0
+
+    SIGNED = {"p_mean": None}
+    LOWER = {"p_std": (0, False), "sigma_min": (0, False), "rho": (0, False), "sample_steps": (1, True)}
+
+    def check(self, method):
+        _sigma_range(method, self)
+
+
+@dataclass
+class ScoreGANOptions(NetOptions):
+    steps: int = 1500        # generator steps (phase 2)
+    batch: int = 1024
+    data_steps: int = 4000   # data-score steps (phase 1)
+    data_score: str = "net"  # "net" or "kde"
+    score_steps: int = 2     # generated-score DSM steps per generator step
+    latent: int = 8
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    gen_lr: float = 5e-4
+
+    SIGNED = {"p_mean": None}
+    LOWER = {"score_steps": (1, True), "latent": (1, True), "p_std": (0, False), "gen_lr": (0, False)}
+    CHOICES = {"data_score": ("net", "kde")}
+    # Three network passes per generator step: smaller batches keep digits at a few minutes.
+    IMAGE = {"batch": 256}
+
+
+LOSSES = ("ns", "ipm")
+
+
+@dataclass
+class GANOptions(NetOptions):
+    steps: int = 3000
+    loss: str = "ns"
+    penalty: float = 0.1     # R1 γ for "ns", gradient-penalty λ for "ipm"
+    d_steps: int = 1         # discriminator steps per generator step
+    latent: int = 8
+    lr: float = 2e-4
+
+    LOWER = {"d_steps": (1, True), "latent": (1, True)}
+    CHOICES = {"loss": LOSSES}
+
+
+@dataclass
+class DiscFlowOptions(NetOptions):
+    steps: int = 1500
+    loss: str = "ns"
+    penalty: float = 0.1
+    eta: float = 3.0        # field scale η
+    flow_steps: int = 10    # Euler steps over t ∈ [0, 1]
+
+    LOWER = {"eta": (0, False), "flow_steps": (1, True)}
+    CHOICES = {"loss": LOSSES}
+
+
+@dataclass
+class DistilledOptions(DiscFlowOptions):
+    steps: int = 1500          # discriminator-flow steps (phase 1)
+    distill_steps: int = 1000  # generator regression steps (phase 2)
+    gen_lr: float = 1e-3
+
+    LOWER = {"gen_lr": (0, False)}
+
+
+@dataclass
+class DiffFlowOptions(NetOptions):
+    steps: int = 4000         # denoiser training steps (used with scores="net" only)
+    batch: int = 1024
+    scores: str = "kde"       # "kde" or "net"
+    mix: float = 0.5          # 1: Langevin / diffusion end, 0: GAN-like flow
+    beta: float = 20.0       # β(t) = beta · σ(t)²
+    sigma_max: float = 2.0
+    sigma_min: float = 0.05
+    sample_steps: int = 200
+    p_mean: float = -1.2
+    p_std: float = 1.2
+
+    SIGNED = {"p_mean": None}
+    LOWER = {"beta": (0, False), "sigma_min": (0, False), "sample_steps": (1, True), "p_std": (0, False)}
+    CHOICES = {"scores": ("kde", "net")}
+    IMAGE = {"sigma_max": 4.0, "sigma_min": 0.3}
+
+    def check(self, method):
+        if self.mix > 1:
+            raise OptionError(f"option mix of {method!r} must be in [0, 1], got {self.mix}")
+        _sigma_range(method, self)
+
+
+@dataclass
+class GuidanceOptions(EDMOptions):
+    steps: int = 4000
+    guidance: float = 0.5       # λ
+    kernel: str = "gaussian"
+    bandwidth: float = 0.5
+    scale_bandwidth: bool = True
+    n_data: int = 1000          # data samples in the witness
+    sampler: str = "heun"
+    latent: int = 0             # autoencoder latent size; 0: pixel/point space
+    ae_steps: int = 1500
+
+    LOWER = {"bandwidth": (0, False), "n_data": (2, True)}
+    CHOICES = {"kernel": KERNEL_NAMES, "sampler": ("heun", "euler", "ddim")}
+
+
+# ----- training-free flows ----------------------------------------------------------------------
+
+
+@dataclass
+class FlowOptions(Options):
+    steps: int = 0
+    n_data: int = 2000
+    sample_steps: int = 200
+
+    LOWER = {"n_data": (2, True), "sample_steps": (1, True)}
+
+    def check(self, method):
+        if self.steps != 0:
+            raise OptionError(f"{method!r} is a training-free flow: option steps must be 0, got {self.steps}")
+
+
+@dataclass
+class MMDFlowOptions(FlowOptions):
+    step_size: float = 3.0
+    bandwidth: float = 0.5   # kernels at bandwidth and 4 × bandwidth, summed
+    noise: float = 0.3       # initial noise-injection level β(0)
+
+    LOWER = {"step_size": (0, False), "bandwidth": (0, False)}
+    IMAGE = {"bandwidth": 4.0, "step_size": 30.0}
+
+
+@dataclass
+class SVGDOptions(FlowOptions):
+    step_size: float = 0.02
+    sigma: float = 0.2      # the target is the data smoothed by N(0, σ² I)
+
+    LOWER = {"step_size": (0, False), "sigma": (0, False)}
+    IMAGE = {"sigma": 0.5, "step_size": 1.0}
+
+
+@dataclass
+class LangevinOptions(FlowOptions):
+    sample_steps: int = 20   # steps per level
+    levels: int = 10
+    sigma_max: float = 2.0
+    sigma_min: float = 0.05
+    eps: float = 2e-3        # step at the smallest level, in units of σ_min²
+
+    LOWER = {"levels": (1, True), "sigma_min": (0, False), "eps": (0, False)}
+    IMAGE = {"sigma_max": 4.0, "sigma_min": 0.1}
+
+    def check(self, method):
+        super().check(method)
+        _sigma_range(method, self)
+
+
+#: Each method's options, by the name the command line takes (methods/__init__.py maps the same
+#: names to the method classes; a test keeps the two in step).
+OPTIONS: Dict[str, Type[Options]] = {
+    "edm": EDMOptions,
+    "score-gan": ScoreGANOptions,
+    "disc-flow": DiscFlowOptions,
+    "disc-flow-gen": DistilledOptions,
+    "gan": GANOptions,
+    "diffflow": DiffFlowOptions,
+    "mmd-guidance": GuidanceOptions,
+    "mmd-flow": MMDFlowOptions,
+    "svgd": SVGDOptions,
+    "langevin": LangevinOptions,
+}
