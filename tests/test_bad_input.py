@@ -1,5 +1,7 @@
 """Bad input: a named, clear TypeError/ValueError before any work, never a broadcast or NaN."""
 
+import re
+
 import pytest
 import torch
 
@@ -46,6 +48,72 @@ def test_empty_sets(op):
 def test_bad_bandwidth(op, bw):
     with pytest.raises(ValueError, match="bandwidth"):
         op(X, Y, bandwidth=bw)
+
+
+@ops
+@pytest.mark.parametrize("dtype, bw", [(torch.float32, 1e-20), (torch.float32, 1e20), (torch.float32, 1e-12),
+                                       (torch.float16, 1e-20), (torch.float64, 1e-80), (torch.float64, 1e80)])
+@pytest.mark.parametrize("form", ["number", "list", "tensor"])
+def test_bandwidth_outside_the_dtypes_range_is_named(op, dtype, bw, form):
+    """σ² (or 1/σ⁴ in the backward passes) under- or overflows: a ValueError naming the bandwidth, the
+    dtype and the usable range, not all-NaN results (σ ≤ 1e-20 in float32) or torch's overflow error."""
+    lo, hi = gk._bandwidth.usable_range(torch.float64 if dtype == torch.float64 else torch.float32)
+    value = {"number": bw, "list": [1.0, bw], "tensor": torch.tensor([bw], dtype=torch.float64)}[form]
+    if op in (PAIR_OPS["kde_score"], PAIR_OPS["kde_denoiser"]) and form == "list":
+        value = [bw]
+    expected = re.escape(f"bandwidth = {bw:.3g} is outside the range") + ".*" + re.escape(f"[{lo:.2g}, {hi:.2g}]")
+    with pytest.raises(ValueError, match=expected):
+        op(X.to(dtype), Y.to(dtype), bandwidth=value)
+
+
+@ops
+def test_bandwidth_at_the_ends_of_the_range_gives_finite_results(op):
+    for dtype in (torch.float32, torch.float64):
+        lo, hi = gk._bandwidth.usable_range(dtype)
+        for bw in (lo * 1.01, hi / 1.01):
+            x, y = X.to(dtype).clone().requires_grad_(), Y.to(dtype).clone().requires_grad_()
+            out = op(x, y, bandwidth=bw)
+            gx, gy = torch.autograd.grad(out.sum(), [x, y])
+            assert all(bool(torch.isfinite(t).all()) for t in (out, gx, gy)), (dtype, bw)
+
+
+def test_median_bandwidth_outside_the_range_is_named():
+    tiny = 1e-12 * torch.randn(20, 2)
+    with pytest.raises(ValueError, match=r'bandwidth from "median" = .* is outside the range the ops can compute in torch.float32'):
+        gk.mmd_field(tiny, tiny.flip(0), bandwidth="median")
+    assert bool(torch.isfinite(gk.mmd_field(tiny.double(), tiny.flip(0).double(), bandwidth="median")).all())
+
+
+def test_float16_results_that_overflow_are_named():
+    """The KDE score ~ distance/σ² exceeds float16's 65504 at small σ: an error, not inf."""
+    x, y = (10 * X).half(), Y.half()
+    with pytest.raises(ValueError, match=r"kde_score: the result overflows torch.float16 .*bandwidth=0.005"):
+        gk.kde_score(x, y, bandwidth=0.005)
+    assert bool(torch.isfinite(gk.kde_score(x, y, bandwidth=0.5)).all())
+
+
+@pytest.mark.parametrize("which", ["x", "y"])
+def test_meta_tensors_are_named(which):
+    meta = torch.empty(5, 2, device="meta")
+    x, y = (meta, meta[:4]) if which == "x" else (X, Y)
+    if which == "y":
+        x, y = meta, meta
+    for call in (lambda: gk.mmd_field(x, y), lambda: gk.mmd2(x, y), lambda: gk.kde_score(x, y, bandwidth=1.0),
+                 lambda: gk.svgd_field(x, x), lambda: gk.median_bandwidth(x)):
+        with pytest.raises(ValueError, match="is a meta tensor"):
+            call()
+
+
+def test_solvers_and_ntk_name_meta_tensors():
+    import solvers
+
+    meta = torch.empty(4, 2, device="meta")
+    with pytest.raises(ValueError, match="x0 is a meta tensor"):
+        solvers.odeint(lambda t, x: x, meta, torch.linspace(0, 1, 3))
+    with pytest.raises(ValueError, match="x0 is a meta tensor"):
+        solvers.sdeint(solvers.LangevinFlow(lambda x: -x), meta, torch.linspace(0, 1, 3))
+    with pytest.raises(ValueError, match="must be on the device of the generator's parameters"):
+        gk.ntk_smooth(torch.nn.Linear(2, 2), meta, meta)
 
 
 @ops

@@ -24,6 +24,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -96,7 +97,9 @@ def _load_checkpoint(path: Path, dev: torch.device, record: Dict[str, Any], tota
     """The checkpoint at ``path``, checked against this run; RunError naming the problem otherwise."""
     hint = "--overwrite starts the run over"
     try:
-        ck = torch.load(path, map_location=dev, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location=dev, weights_only=True)
     except Exception as e:  # garbage, truncated, empty or not a torch file: all one answer
         raise RunError(f"--resume: {path} cannot be read as a checkpoint: it is empty, truncated or not written by "
                        f"gpflow ({type(e).__name__}); {hint}") from None
