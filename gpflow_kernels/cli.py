@@ -177,6 +177,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(1, f"error: {e}")
     except Interrupted as e:
         return _fail(130, str(e))
+    except BrokenPipeError:  # e.g. `gpflow methods | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         # Before the run's first write (start-up: imports, data, networks, the untrained metrics).
         return _fail(130, "interrupted during start-up; nothing was written" if started else "interrupted")

@@ -164,6 +164,15 @@ def test_a_run_diverging_after_a_checkpoint_keeps_it_and_says_how_to_go_on(tmp_p
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 10
 
 
+def test_particles_turning_non_finite_while_sampling_is_one_line_naming_the_step(tmp_path, capsys):
+    """solvers.NonFiniteError used to escape as a raw traceback."""
+    out = tmp_path / "o"
+    line = one_error_line(*gpflow(capsys, "run", "langevin", "--data", "moons", "--out", out, "--set", "eps=1e9",
+                                  "--samples", "50", "--no-plots", "--quiet"), expected_code=1)
+    assert "sampling failed: particles became non-finite at step 3" in line and "nothing was written" in line
+    assert not out.exists()
+
+
 def test_debug_shows_the_traceback(tmp_path, capsys):
     with pytest.raises(Exception, match="training diverged"):
         main(["run", "gan", "--data", "moons", "--out", str(tmp_path / "o"), *FAST_GAN, "--set", "lr=1e6", "--debug"])

@@ -39,3 +39,9 @@ def test_ci_runs_the_readme_test_command():
     test_cmd = [c for c in commands if "pytest" in c and "benchmark" not in c]
     assert len(test_cmd) == 1
     assert test_cmd[0] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_main_jobs_output_folder_is_git_ignored():
+    """runs/ (where the README's commands write) never shows up as untracked files."""
+    ignore = (ROOT / ".gitignore").read_text().splitlines()
+    assert "runs/" in ignore and "--out runs/edm" in README

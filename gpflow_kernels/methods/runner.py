@@ -238,7 +238,8 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
         return _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, total, train_seconds,
                        history, snapshots, init_metrics, checkpoint if total == 0 else None, plots, opts, log)
     except solvers.NonFiniteError as e:
-        raise RunFailed(f"sampling failed: {e}; {dirs.describe_checkpoint(last_ckpt)}") from None
+        raise RunFailed(f"sampling failed: {e}; smaller step sizes (options step_size, eps, eta, guidance, "
+                        f"sample_steps) keep particles finite; {dirs.describe_checkpoint(last_ckpt)}") from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted while sampling; " + (
             f"training is complete and saved in {out / CHECKPOINT}: --resume samples and measures it"
