@@ -46,18 +46,28 @@ def _fn(generator: nn.Module, z: Tensor):
     return f
 
 
-def ntk_smooth(generator: nn.Module, z: Tensor, field: Tensor, *, params: Optional[Dict[str, Tensor]] = None) -> Tensor:
-    """J(z) J(z)ᵀ field, with J the Jacobian of g(z) w.r.t. the generator's parameters.
+def ntk_smooth(generator: nn.Module, z: Tensor, field: Tensor, *, params: Optional[Dict[str, Tensor]] = None,
+               reduction: str = "mean") -> Tensor:
+    """How one generator step along ``field`` moves the particles: J(z) J(z)ᵀ field / N (or without / N).
+
+    J is the Jacobian of g(z) w.r.t. the generator's parameters. A generator trained by the loss
+    L(θ) = −mean_i field_i · g(z_i) (the usual mean over the batch, as the methods here write it)
+    takes the step θ ← θ + η Jᵀ field / N, which moves particle i by η [J Jᵀ field]_i / N to first
+    order in η (Franceschi et al. 2023: dg(z) = η E_z'[k_θ(z, z') ∇h(g(z'))] dt, the expectation
+    being this mean). ``reduction="mean"`` returns that motion per unit η; ``"sum"`` is the motion
+    under the summed loss −Σ_i field_i · g(z_i), i.e. J Jᵀ field (N times larger).
 
     Args:
         generator: module mapping z: (N, ...) to particles g(z): (N, ...).
         z: latent batch. field: tensor shaped like g(z) (e.g. ``mmd_field`` at g(z)).
         params: optional subset {name: tensor} of the parameters to take the NTK over (the rest are
             held fixed); default all parameters that require grad.
+        reduction: "mean" (default) or "sum", the reduction of the generator loss over the batch.
     Returns:
-        A tensor shaped like g(z): the first-order motion of the particles under the step
-        θ ← θ + Jᵀ field. Not differentiable (inputs are detached).
+        A tensor shaped like g(z). Not differentiable (inputs are detached).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f'reduction must be "mean" or "sum", got {reduction!r}')
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
     if not isinstance(field, torch.Tensor):
@@ -77,7 +87,7 @@ def ntk_smooth(generator: nn.Module, z: Tensor, field: Tensor, *, params: Option
     _checks.finite("field", field)
     (tangent,) = pullback(field.detach())
     _, moved = jvp(f, (p,), (tangent,))
-    return moved
+    return moved / out.shape[0] if reduction == "mean" else moved
 
 
 def empirical_ntk(generator: nn.Module, z1: Tensor, z2: Tensor, *, params: Optional[Dict[str, Tensor]] = None) -> Tensor:

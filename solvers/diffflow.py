@@ -1,24 +1,31 @@
 """DiffFlow (Zhang et al. 2023): one SDE from score-based diffusion to GAN-like flows.
 
-    dx = [ f(x, t) + β(t) ∇log p_σ(t)(x) − (β(t) − g(t)²/2) ∇log q_σ(t)(x) ] dt + g(t) dW
+    dx = [ f(x, t) + β(t) ∇log p_σ(t)(x) − (β(t) − g(t)²/2) ∇log q̃_t(x) ] dt + g(t) dW
 
-p_σ is the data distribution and q_σ the current particle (generated) distribution, both
-smoothed at noise level σ(t); f is an optional extra drift (regularisation). By Fokker–Planck the
-noise g dW adds (g²/2) Δq = ∇·(q (g²/2) ∇log q), which exactly cancels the +g²/2 ∇log q in the
-drift: the marginals follow ∂q/∂t = −∇·(q [f + β(∇log p − ∇log q)]) whatever g is. So g (our
-``mix``) slides the particles' path law, not their marginals, between
+p_σ is the data distribution smoothed at noise level σ(t), q̃_t the estimate of the current particle
+(generated) law q_t that the generated score uses, and f an optional extra drift (regularisation).
+
+When the marginals do not depend on g. By Fokker–Planck the noise g dW adds (g²/2) Δq_t =
+∇·(q_t (g²/2) ∇log q_t) to ∂q_t/∂t, and the drift term +(g²/2) ∇log q̃_t adds −∇·(q_t (g²/2) ∇log q̃_t).
+They cancel exactly when q̃_t = q_t, the score of the particles' own law: then
+∂q/∂t = −∇·(q [f + β(∇log p_σ − ∇log q)]) whatever g is, and g (our ``mix``) slides only the
+particles' path law between
 - g² = 2β (mix = 1): Langevin dynamics on p_σ, the score-based-diffusion end, and
-- g = 0 (mix = 0): the deterministic score-difference flow β(∇log p − ∇log q), the GAN end
-  (the flow a generator trained against an optimal discriminator follows).
+- g = 0 (mix = 0): the deterministic score-difference flow β(∇log p_σ − ∇log q), the GAN end.
+With a smoothed estimate q̃_t = q_t ⋆ N(0, s² I) (``q_bandwidth`` = s in :meth:`from_samples`) a
+residual −∇·(q_t (g²/2)(∇log q_t − ∇log q̃_t)) remains, so the marginals do depend on g, less so as
+s → 0; a test measures both cases against the Fokker–Planck prediction on Gaussians. DiffFlow's
+abstract states the invariance without this condition; we only claim what the equation shows.
 
 Weight form. The same family written with a data-score weight w_p, a generated-score weight
-0 ≤ w_q ≤ w_p and the noise that keeps the marginals,
+0 ≤ w_q ≤ w_p and the noise that keeps the marginals (with the exact q_t, as above),
 
-    dx = [ f + w_p ∇log p_σ − w_q ∇log q_σ ] dt + √(2 (w_p − w_q)) dW,
+    dx = [ f + w_p ∇log p_σ − w_q ∇log q̃ ] dt + √(2 (w_p − w_q)) dW,
 
-is :meth:`DiffFlowSDE.weighted`: w_q = 0 is the diffusion end, w_q = w_p the GAN end. As far as we
-could reconstruct Zhang et al.'s notation (their text was not available to us), their g(t), λ(t)
-and β(t, x) are w_p, w_q and f. In the form above: β = w_p, g = √(2 (w_p − w_q)), mix = 1 − w_q/w_p.
+is :meth:`DiffFlowSDE.weighted`: w_q = 0 is the diffusion end, w_q = w_p the GAN end. In the form
+above: β = w_p, g = √(2 (w_p − w_q)), mix = 1 − w_q/w_p. The names β, g and mix are ours: the
+paper's text (arXiv 2307.02159) was not available to us beyond its abstract, so we make no claim
+about how its β, g and λ functions map onto them.
 """
 
 from __future__ import annotations
@@ -83,11 +90,15 @@ class DiffFlowSDE(SDE):
         return cls(data_score, generated_score, beta=wp, g=noise, **kw)
 
     @classmethod
-    def from_samples(cls, data: Tensor, sigma: Union[float, Callable], **kw) -> "DiffFlowSDE":
-        """Both scores in closed form: exact scores of the data and of the particles convolved with N(0, σ(t)² I)."""
+    def from_samples(cls, data: Tensor, sigma: Union[float, Callable], *,
+                     q_bandwidth: Union[float, Callable, None] = None, **kw) -> "DiffFlowSDE":
+        """Both scores in closed form: the data's convolved with N(0, σ(t)² I), the particles' with
+        N(0, s(t)² I), s = ``q_bandwidth`` (default σ(t)). A smaller s brings the generated score
+        closer to the particles' own law, where the marginals do not depend on the noise (see above)."""
         sig = _schedule(sigma)
+        qsig = sig if q_bandwidth is None else _schedule(q_bandwidth)
         data_score = lambda t, x: gk.kde_score(x, data, bandwidth=float(sig(t)))
-        gen_score = lambda t, x: gk.kde_score(x, x.detach(), bandwidth=float(sig(t)))
+        gen_score = lambda t, x: gk.kde_score(x, x.detach(), bandwidth=float(qsig(t)))
         if "mix" in kw:
             return cls.mixed(data_score, gen_score, **kw)
         if "w_p" in kw or "w_q" in kw:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import gpflow_kernels as gk
 from gpflow_kernels import _bandwidth
 
-KERNEL_OPS = ("mmd_field", "mmd2", "mmd2_unbiased", "kernel_integral", "svgd_field")
+KERNEL_OPS = ("mmd_field", "mmd_field_ref_weights", "mmd2", "mmd2_unbiased", "kernel_integral", "svgd_field")
 OPS = KERNEL_OPS + ("kde_score", "kde_denoiser")
 KERNELS = ("gaussian", "imq", "laplace", "energy", "polyharmonic")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -47,9 +47,12 @@ def cases(draw):
             bw = bw**3  # float64's usable range reaches about 1e±76
     if op.startswith("kde") and isinstance(bw, list) and len(bw) != 1:
         good = False  # one convolution only
-    corrupt = draw(st.sampled_from([None] * 6 + ["x-nan", "y-inf", "x-inf", "score-nan", "meta"]))
+    corrupt = draw(st.sampled_from([None] * 6 + ["x-nan", "y-inf", "x-inf", "score-nan", "meta", "weights-neg",
+                                                  "weights-zero", "ref-nan"]))
     if (corrupt == "score-nan" and op != "svgd_field") or (corrupt == "y-inf" and op == "svgd_field"):
         corrupt = None  # svgd_field takes a score and no y
+    if corrupt in ("weights-neg", "weights-zero", "ref-nan") and op != "mmd_field_ref_weights":
+        corrupt = None
     good = good and corrupt is None
     if op == "mmd2_unbiased" and (n < 2 or m < 2):
         good = False
@@ -64,6 +67,14 @@ def _inputs(c):
     y = (c["scale"] * torch.randn(*c["batch"], c["m"], c["d"], generator=g, dtype=torch.float64)).to(c["dtype"])
     score = torch.randn(*c["batch"], c["n"], c["d"], generator=g, dtype=torch.float64).to(c["dtype"])
     v = torch.rand(*c["batch"], c["m"], 2, generator=g, dtype=torch.float64).to(c["dtype"])
+    ref = (c["scale"] * torch.randn(*c["batch"], c["n"] + 1, c["d"], generator=g, dtype=torch.float64)).to(c["dtype"])
+    w = torch.rand(*c["batch"], c["m"], generator=g, dtype=torch.float64).to(c["dtype"])
+    if c["corrupt"] == "weights-neg":
+        w.view(-1)[0] = -1.0
+    elif c["corrupt"] == "weights-zero":
+        w.zero_()
+    elif c["corrupt"] == "ref-nan":
+        ref.view(-1)[-1] = float("nan")
     if c["corrupt"] == "x-nan":
         x.view(-1)[0] = float("nan")
     elif c["corrupt"] == "x-inf":
@@ -74,7 +85,7 @@ def _inputs(c):
         score.view(-1)[0] = float("nan")
     elif c["corrupt"] == "meta":
         x = x.to("meta")
-    return x, y, score, v
+    return x, y, score, (v, ref, w)
 
 
 def _call(c, x, y, score, v, bw):
@@ -83,12 +94,14 @@ def _call(c, x, y, score, v, bw):
         kw["kernel"] = c["kernel"]
     if op == "mmd_field":
         return gk.mmd_field(x, y, **kw)
+    if op == "mmd_field_ref_weights":
+        return gk.mmd_field(x, y, x_ref=v[1], weights=v[2], **kw)
     if op == "mmd2":
         return gk.mmd2(x, y, **kw)
     if op == "mmd2_unbiased":
         return gk.mmd2(x, y, unbiased=True, **kw)
     if op == "kernel_integral":
-        return gk.kernel_integral(x, y, v, **kw)
+        return gk.kernel_integral(x, y, v[0], **kw)
     if op == "svgd_field":
         return gk.svgd_field(x, score, **kw)
     return getattr(gk, op)(x, y, **kw)
@@ -124,7 +137,7 @@ def test_ops_give_the_float64_answer_or_a_named_error(c):
     assert out.dtype == c["dtype"]
     assert bool(torch.isfinite(out).all()), out
     bw64 = c["bw"].double() if isinstance(c["bw"], torch.Tensor) else c["bw"]
-    ref = _call(c, x.double(), y.double(), score.double(), v.double(), bw64)
+    ref = _call(c, x.double(), y.double(), score.double(), tuple(t.double() for t in v), bw64)
     scale = max(1.0, float(ref.abs().max()), _scale(c, x.double(), y.double(), bw64))
     err = float((out.double() - ref).abs().max())
     assert err <= TOL[c["dtype"]] * scale, (err, scale)

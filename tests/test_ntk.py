@@ -32,7 +32,8 @@ def test_ntk_smooth_is_j_jt_v():
     v = torch.randn(6, 2, dtype=torch.float64)
     J = explicit_jacobian(gen, z)
     want = (J @ (J.T @ v.reshape(-1))).view(6, 2)
-    torch.testing.assert_close(gk.ntk_smooth(gen, z, v), want)
+    torch.testing.assert_close(gk.ntk_smooth(gen, z, v, reduction="sum"), want)
+    torch.testing.assert_close(gk.ntk_smooth(gen, z, v), want / 6)  # the default: a mean loss
 
 
 def test_empirical_ntk_matches_explicit_jacobian():
@@ -44,23 +45,32 @@ def test_empirical_ntk_matches_explicit_jacobian():
     assert K.shape == (4, 5, 2, 2)
     torch.testing.assert_close(K, want)
     v = torch.randn(4, 2, dtype=torch.float64)
-    torch.testing.assert_close(gk.ntk_smooth(gen, z1, v), torch.einsum("ijab,jb->ia", gk.empirical_ntk(gen, z1, z1), v))
+    torch.testing.assert_close(gk.ntk_smooth(gen, z1, v, reduction="sum"), torch.einsum("ijab,jb->ia", gk.empirical_ntk(gen, z1, z1), v))
 
 
-def test_a_generator_step_moves_particles_by_the_smoothed_field():
-    # θ ← θ + η Jᵀ f moves g(z) by η J Jᵀ f + O(η²).
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_a_generator_step_moves_particles_by_the_smoothed_field(reduction):
+    """One SGD step of lr η on L(θ) = −reduce_i f_i · g(z_i) moves g(z) by η ntk_smooth(..., reduction) + O(η²):
+    what a generator trained with a mean loss (the default) or a summed one does to its particles."""
     gen = make_generator(2)
     z = torch.randn(10, 3, dtype=torch.float64)
     f = torch.randn(10, 2, dtype=torch.float64)
     before = gen(z).detach()
-    predicted = gk.ntk_smooth(gen, z, f)
+    predicted = gk.ntk_smooth(gen, z, f, reduction=reduction)
     eta = 1e-6
-    out = gen(z)
-    grads = torch.autograd.grad(out, list(gen.parameters()), grad_outputs=f)
-    with torch.no_grad():
-        for p, g in zip(gen.parameters(), grads):
-            p.add_(eta * g)
+    per_sample = -(f * gen(z)).sum(1)
+    loss = per_sample.mean() if reduction == "mean" else per_sample.sum()
+    opt = torch.optim.SGD(gen.parameters(), lr=eta)
+    loss.backward()
+    opt.step()
     torch.testing.assert_close((gen(z).detach() - before) / eta, predicted, rtol=1e-4, atol=1e-6)
+
+
+def test_reduction_is_checked():
+    gen = make_generator(2)
+    z = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match='reduction must be "mean" or "sum", got \'avg\''):
+        gk.ntk_smooth(gen, z, torch.zeros(4, 2, dtype=torch.float64), reduction="avg")
 
 
 def test_parameter_subset_and_errors():
@@ -71,7 +81,7 @@ def test_parameter_subset_and_errors():
     # Only the last layer: J = [h ⊗ I, I] so J Jᵀ v = (h·h' + 1) v summed over samples.
     h = torch.tanh(gen[0](z)).detach()
     want = (h @ h.T + 1.0) @ v
-    torch.testing.assert_close(gk.ntk_smooth(gen, z, v, params=last), want)
+    torch.testing.assert_close(gk.ntk_smooth(gen, z, v, params=last, reduction="sum"), want)
     with pytest.raises(ValueError, match="shaped like the generator output"):
         gk.ntk_smooth(gen, z, torch.randn(5, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="not parameters"):

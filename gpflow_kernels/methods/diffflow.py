@@ -11,6 +11,11 @@ score-based-diffusion end), ``mix = 0`` the noiseless score-difference flow (the
 Scores: ``scores="kde"`` takes both in closed form (exact scores of the training set and of the
 particles convolved with N(0, σ²I): training-free); ``scores="net"`` learns the data score as an
 EDM denoiser first (``steps``) and keeps the generated-data score in closed form on the particles.
+``q_bandwidth`` (> 0) smooths the particles' KDE at that fixed bandwidth instead of σ(t).
+
+Changing ``mix`` leaves the marginals unchanged only when the generated score is the score of the
+particles' own law; a smoothed one (any σ > 0 or q_bandwidth > 0) makes them depend on ``mix``,
+less so for smaller smoothing (see ``solvers.diffflow`` and its Gaussian test).
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ class DiffFlow(DenoiserMethod):
 
     def sde(self) -> solvers.DiffFlowSDE:
         o = self.opts
-        gen_score = lambda t, x: kde_score(x, x, bandwidth=self.sigma(t))
+        q_bw = (lambda t: o.q_bandwidth) if o.q_bandwidth > 0 else self.sigma
+        gen_score = lambda t, x: kde_score(x, x, bandwidth=q_bw(t))
         return solvers.DiffFlowSDE.mixed(self.data_score, gen_score, beta=lambda t: o.beta * self.sigma(t) ** 2, mix=o.mix)
 
     @torch.no_grad()

@@ -7,7 +7,8 @@ flow. Particles start at x_0 ~ N(0, I) and follow
 
 integrated with ``flow_steps`` Euler steps (``solvers.odeint``, no gradient through the path).
 Each training step integrates a batch of particles with the current f_φ, takes every particle at
-one random grid time t_k, and trains f_φ(·, t_k) to tell those particles from data (the GAN losses
+one random grid time t_k = k/N, k < N (the times where the Euler steps evaluate f; never t = 1, as
+in the authors' code), and trains f_φ(·, t_k) to tell those particles from data (the GAN losses
 of :mod:`.gan`). Generation integrates the same ODE: ``flow_steps`` discriminator gradients.
 """
 
@@ -60,7 +61,9 @@ class DiscFlow(Method):
     def train_step(self, step):
         o = self.opts
         path = self.flow(torch.randn(o.batch, self.dim, device=self.device))
-        k = torch.randint(0, o.flow_steps + 1, (o.batch,), device=self.device)
+        # The times t_k = k/N, k < N, at which the flow evaluates the discriminator (never t = 1),
+        # as in the reference code: each discriminator is trained where it is used.
+        k = torch.randint(0, o.flow_steps, (o.batch,), device=self.device)
         fake = path[k, torch.arange(o.batch, device=self.device)]
         t = self.ts[k]
         real = self.batch()

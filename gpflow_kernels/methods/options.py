@@ -150,15 +150,24 @@ class ScoreGANOptions(NetOptions):
     data_score: str = "net"  # "net" or "kde"
     score_steps: int = 2     # generated-score DSM steps per generator step
     latent: int = 8
-    p_mean: float = -1.2
+    p_mean: float = -1.2     # log-normal σ law of the phase-1 (data denoiser) training
     p_std: float = 1.2
     gen_lr: float = 5e-4
+    sigma_min: float = 0.1   # ρ-warped σ law of phase 2 (reference code, Gaussian mixtures)
+    sigma_max: float = 10.0
+    rho: float = 3.0
+    gen_score_init: str = "fresh"  # "fresh" (the reference code) or "copy" the phase-1 denoiser
 
     SIGNED = {"p_mean": None}
-    LOWER = {"score_steps": (1, True), "latent": (1, True), "p_std": (0, False), "gen_lr": (0, False)}
-    CHOICES = {"data_score": ("net", "kde")}
+    LOWER = {"score_steps": (1, True), "latent": (1, True), "p_std": (0, False), "gen_lr": (0, False),
+             "sigma_min": (0, False), "rho": (0, False)}
+    CHOICES = {"data_score": ("net", "kde"), "gen_score_init": ("fresh", "copy")}
     # Three network passes per generator step: smaller batches keep digits at a few minutes.
-    IMAGE = {"batch": 256}
+    # σ range of the reference code's MNIST config.
+    IMAGE = {"batch": 256, "sigma_min": 0.32, "sigma_max": 40.0}
+
+    def check(self, method):
+        _sigma_range(method, self)
 
 
 LOSSES = ("ns", "ipm")
@@ -210,6 +219,7 @@ class DiffFlowOptions(NetOptions):
     sample_steps: int = 200
     p_mean: float = -1.2
     p_std: float = 1.2
+    q_bandwidth: float = 0.0  # smoothing of the generated score (KDE of the particles); 0: σ(t), like the data
 
     SIGNED = {"p_mean": None}
     LOWER = {"beta": (0, False), "sigma_min": (0, False), "sample_steps": (1, True), "p_std": (0, False)}

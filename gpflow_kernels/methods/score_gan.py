@@ -1,28 +1,40 @@
 """Score GAN: an interacting particle model driven by the diffusion field (Franceschi et al. 2023, §5).
 
-Phase 1 (``data_steps``): the data score s_ψ(x, σ) = (D_ψ(x; σ) − x)/σ² is learned as an EDM
-denoiser. With ``data_score="kde"`` the field uses the closed-form score instead (the exact score
-of the training set convolved with N(0, σ²I)) and the learned one only initialises s_φ. Phase 2
-(``steps``): a generator g(z) is trained by the field (s_ψ − s_φ) evaluated at noised particles,
-while the generated-data score s_φ (initialised from the phase-1 network, as the paper does from
-the pretrained data score) is kept up to date with ``score_steps`` denoising-score-matching steps
-on fresh particles per generator step:
+Phase 1 (``data_steps``): the data denoiser D_ψ(x; σ) (score s_ψ = (D_ψ − x)/σ²) is learned as an
+EDM denoiser (log-normal σ, EDM weighting), standing for the reference code's pretrained EDM model.
+With ``data_score="kde"`` the field uses the closed-form denoiser of the training set instead.
+Phase 2 (``steps`` generator steps): each generator step follows ``score_steps`` updates of the
+generated-data denoiser D_φ on fresh particles, by the plain loss |D_φ(g(z) + σ ε; σ) − g(z)|²,
+then moves the generator along the field (D_ψ − D_φ)/σ = σ (s_ψ − s_φ) at noised particles:
 
-    θ ← θ + η E_{σ,ε,z}[ ∇_θ g(z)ᵀ σ² (s_ψ − s_φ)(g(z) + σ ε, σ) ]
+    θ ← θ + η E_{σ,ε,z}[ ∇_θ g(z)ᵀ (D_ψ − D_φ)(g(z) + σ ε; σ) / σ ].
 
-(σ² (s_ψ − s_φ) = D_ψ − D_φ; the factor σ² is the EDM-style weighting of the noise levels).
-Sampling is one generator call.
+Both use σ drawn uniformly on EDM's ρ-warped grid, σ = (σ_max^(1/ρ) + u (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ,
+u ~ U[0, 1] (options ``sigma_min``, ``sigma_max``, ``rho``; defaults 0.1, 10, 3 as in the reference
+code's Gaussian-mixture config). These are the authors' public code's choices (GitHub
+White-Link/gpm, ``models/score_gan``), which we checked: field scale 1/σ, warped σ law for both
+updates, plain denoising loss, and D_φ freshly initialised. ``gen_score_init="copy"`` starts D_φ
+from the phase-1 network instead (our option, not the reference's). Sampling is one generator call.
 """
 
 from __future__ import annotations
 
 import torch
 
+Tensor = torch.Tensor
+
 from ..ops import kde_score
 from .base import Method, Sample, adam, step_on
-from .edm import data_sigma, sample_sigmas, train_denoiser_step
+from .edm import data_sigma, train_denoiser_step
 from .nets import EDMPrecond, mlp
 from .options import ScoreGANOptions
+
+
+def warped_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float, device) -> Tensor:
+    """n noise levels uniform on EDM's ρ-warped grid: (σ_max^(1/ρ) + u (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ."""
+    u = torch.rand(n, device=device)
+    hi, lo = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return (hi + u * (lo - hi)) ** rho
 
 
 class ScoreGAN(Method):
@@ -54,11 +66,22 @@ class ScoreGAN(Method):
         return {"data_score": self.data_opt, "gen_score": self.gen_opt, "generator": self.g_opt}
 
     def data_denoise(self, x, sigma):
+        """D_ψ(x; σ): the learned data denoiser, or the training set's closed-form one (``data_score="kde"``)."""
         if self.opts.data_score == "kde":
             s = sigma.reshape(-1, 1)
-            # Per-sample σ: group by value is costly; one σ per batch keeps the KDE exact and cheap.
+            # One σ per batch keeps the KDE exact and cheap (grouping per-sample σ is costly).
             return x + s * s * kde_score(x, self.x_train, bandwidth=float(s[0]))
         return self.data_net(x, sigma)
+
+    def field(self, noisy: Tensor, sigma: Tensor) -> Tensor:
+        """(D_ψ − D_φ)(x̃; σ)/σ: the generator's field at noised particles x̃: (n, D), σ: (n,)."""
+        return (self.data_denoise(noisy, sigma) - self.gen_net(noisy, sigma)) / sigma.reshape(-1, 1)
+
+    def sigmas(self, n: int) -> Tensor:
+        o = self.opts
+        if o.data_score == "kde":
+            return warped_sigmas(1, o.sigma_min, o.sigma_max, o.rho, self.device).expand(n)
+        return warped_sigmas(n, o.sigma_min, o.sigma_max, o.rho, self.device)
 
     def z(self, n, generator=None):
         return torch.randn(n, self.opts.latent, generator=generator, device=self.device)
@@ -67,20 +90,19 @@ class ScoreGAN(Method):
         o = self.opts
         if step < o.data_steps:
             return {"data_loss": train_denoiser_step(self.data_net, self.data_opt, self.batch(), o.p_mean, o.p_std)}
-        if step == o.data_steps:
-            self.gen_net.load_state_dict(self.data_net.state_dict())  # s_φ starts as the data score
+        if step == o.data_steps and o.gen_score_init == "copy":
+            self.gen_net.load_state_dict(self.data_net.state_dict())
         for _ in range(o.score_steps):
             with torch.no_grad():
                 fake = self.g(self.z(o.batch))
-            gen_loss = train_denoiser_step(self.gen_net, self.gen_opt, fake, o.p_mean, o.p_std)
+            sigma = self.sigmas(o.batch)
+            noisy = fake + sigma.reshape(-1, 1) * torch.randn_like(fake)
+            gen_loss = step_on(self.gen_opt, (self.gen_net(noisy, sigma) - fake).pow(2).sum(1).mean())
         x = self.g(self.z(o.batch))
-        if o.data_score == "kde":
-            sigma = sample_sigmas(1, o.p_mean, o.p_std, self.device).expand(o.batch)
-        else:
-            sigma = sample_sigmas(o.batch, o.p_mean, o.p_std, self.device)
+        sigma = self.sigmas(o.batch)
         with torch.no_grad():
             noisy = x + sigma.reshape(-1, 1) * torch.randn_like(x)
-            field = self.data_denoise(noisy, sigma) - self.gen_net(noisy, sigma)
+            field = self.field(noisy, sigma)
         # Move each particle along the field: the generator loss whose gradient is −Jᵀ field.
         g_loss = -(field * x).sum(1).mean()
         step_on(self.g_opt, g_loss)
