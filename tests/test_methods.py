@@ -50,9 +50,14 @@ def test_method_improves_on_its_starting_point(tmp_path, method):
     assert written["nfe"] >= 1 and written["sample_seconds"] >= 0
 
 
-def test_closed_form_guidance_beats_the_plain_sampler_of_an_undertrained_denoiser(tmp_path):
-    res = tiny_run(tmp_path, "mmd-guidance", options={"steps": 100, "guidance": 1.0})
-    assert res["final"]["mmd2"] < 0.5 * res["unguided"]["mmd2"], (res["unguided"], res["final"])
+def test_closed_form_guidance_improves_the_plain_sampler_of_an_undertrained_denoiser(tmp_path):
+    """Both forms pull samples of a poorly trained denoiser toward the data (same denoiser calls). The
+    score form acts mostly at large σ (its weight is λσ), the post-step kick as much at every step, so
+    with a denoiser that is wrong at small σ the kick corrects more (see benchmarks/RESULTS.md)."""
+    score = tiny_run(tmp_path / "score", "mmd-guidance", options={"steps": 100, "guidance": 3.0})
+    assert score["final"]["mmd2"] < 0.85 * score["unguided"]["mmd2"], (score["unguided"], score["final"])
+    kick = tiny_run(tmp_path / "kick", "mmd-guidance", options={"steps": 100, "guidance": 1.0, "guidance_mode": "kick"})
+    assert kick["final"]["mmd2"] < 0.5 * kick["unguided"]["mmd2"], (kick["unguided"], kick["final"])
 
 
 def test_guidance_in_the_latent_space_of_an_autoencoder(tmp_path):

@@ -99,3 +99,26 @@ def test_evaluate_rejects_non_finite_samples():
     d = D.load("moons", n_train=100, n_test=100)
     with pytest.raises(ValueError, match="non-finite"):
         M.evaluate(torch.full((10, 2), float("nan")), d)
+
+
+def test_torch_free_catalogues_match_the_modules():
+    """methods/options.py lists data sets, kernels and methods without importing torch; they must match."""
+    from gpflow_kernels.kernels import KERNELS
+    from gpflow_kernels.methods import METHODS, OPTIONS
+    from gpflow_kernels.methods.options import DATA_NAMES, IMAGE_DATA, KERNEL_NAMES
+
+    assert set(D.TOY) | {"digits"} == set(DATA_NAMES) and IMAGE_DATA == ("digits",)
+    assert set(KERNEL_NAMES) == set(KERNELS)
+    assert list(METHODS) == list(OPTIONS) and all(METHODS[m].Options is OPTIONS[m] for m in METHODS)
+
+
+def test_five_gaussians_is_the_gpm_reference_mixture():
+    x = D.load("5gaussians", n_train=20000, n_test=2).train.double()
+    r = x.norm(dim=1)
+    assert abs(float(r.mean()) - 3.0) < 0.1
+    angles = torch.atan2(x[:, 1], x[:, 0])
+    mode = torch.round(angles / (2 * torch.pi / 5)).remainder(5)
+    counts = torch.bincount(mode.long(), minlength=5).double() / len(x)
+    assert float((counts - 0.2).abs().max()) < 0.02
+    centre = 3.0 * torch.stack([torch.cos(mode * 2 * torch.pi / 5), torch.sin(mode * 2 * torch.pi / 5)], 1)
+    assert abs(float((x - centre).std()) - 0.5) < 0.02

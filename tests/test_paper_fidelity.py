@@ -110,3 +110,80 @@ def test_disc_flow_trains_the_discriminator_at_the_sampler_times_only(monkeypatc
     assert bool(torch.isin(t, allowed).all())
     assert set(torch.unique(t).tolist()) == set(allowed.tolist())  # every k < N is used
     assert not bool((t == 1.0).any())
+
+
+def _guidance_effect(mode, lam, n):
+    """Mean shift (first coordinate) that guidance adds to EDM's Heun sampler with n noise levels.
+
+    Closed-form case: the denoiser is the exact KDE denoiser of a data set centred at 0, the witness
+    compares the particles with the true data, centred at (1, 0); guidance pulls toward the latter.
+    """
+    import math
+
+    import gpflow_kernels as gk
+    import solvers
+    from gpflow_kernels.methods.guidance import guided_sampler
+
+    g = torch.Generator().manual_seed(0)
+    true = torch.randn(600, 2, generator=g, dtype=torch.float64) * 0.5 + torch.tensor([1.0, 0.0], dtype=torch.float64)
+    model = torch.randn(600, 2, generator=g, dtype=torch.float64) * 0.5
+    x0 = 5.0 * torch.randn(300, 2, generator=g, dtype=torch.float64)
+    den = lambda x, s: gk.kde_denoiser(x, model, bandwidth=float(s))
+    wit = lambda x, s: gk.mmd_field(x, true, bandwidth=math.sqrt(0.25 + s * s))
+    sig = solvers.karras_sigmas(n, 0.01, 5.0, 7.0).double()
+    guided, _, nfe = guided_sampler(den, x0, sig, wit, lam, mode=mode)
+    plain, _, _ = guided_sampler(den, x0, sig, wit, 0.0, mode=mode)
+    assert nfe == 2 * n - 1
+    return float((guided - plain)[:, 0].mean())
+
+
+def test_guidance_as_a_score_term_does_not_grow_with_the_step_count():
+    coarse, fine = _guidance_effect("score", 1.0, 20), _guidance_effect("score", 1.0, 80)
+    assert coarse > 0.1  # it does pull toward the data
+    assert abs(fine / coarse - 1) < 0.05, (coarse, fine)
+    # the old post-step kick: its effect grows about linearly with the number of steps
+    k20, k80 = _guidance_effect("kick", 0.05, 20), _guidance_effect("kick", 0.05, 80)
+    assert k80 / k20 > 2.5, (k20, k80)
+
+
+@pytest.mark.parametrize("method, expect", [
+    ("edm", dict(steps=10000, batch=128, lr=2e-4, hidden=512, depth=4, sigma_max=40.0, rho=7.0, sample_steps=28)),
+    ("score-gan", dict(data_steps=10000, steps=3150, score_steps=10, batch=128, latent=128, sigma_min=0.1, sigma_max=10.0,
+                       rho=3.0, gen_lr=2e-4)),
+    ("disc-flow", dict(steps=4000, batch=128, eta=20.0, flow_steps=56, penalty=0.0, hidden=512, depth=4)),
+    ("gan", dict(steps=1900, batch=128, latent=128, loss="ns", penalty=0.0, lr=2e-4)),
+])
+def test_paper_presets_hold_the_reference_configuration(method, expect):
+    """The GPM code's configs for its 2-D Gaussian mixture (config/<model>/gaussians/config.yaml)."""
+    o = get_method(method).Options.build(method, {"preset": "paper"})
+    for k, v in expect.items():
+        assert getattr(o, k) == v, k
+    # the user's own options win over the preset
+    assert get_method(method).Options.build(method, {"preset": "paper", "steps": 7}).steps == 7
+
+
+def test_presets_are_named_errors_where_there_is_none():
+    from gpflow_kernels.methods.options import OptionError
+
+    with pytest.raises(OptionError, match="option preset of 'mmd-guidance' must be one of: none"):
+        get_method("mmd-guidance").Options.build("mmd-guidance", {"preset": "paper"})
+    with pytest.raises(OptionError, match="option preset of 'gan' must be one of: 'paper'; got 'nips'"):
+        get_method("gan").Options.build("gan", {"preset": "nips"})
+
+
+def test_guidance_study_script_runs(tmp_path, capsys):
+    """benchmarks/guidance_study.py (the RESULTS.md guidance table) on a smoke-sized grid."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "guidance_study.py"
+    spec = importlib.util.spec_from_file_location("guidance_study", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = mod.main(["--quick", "--out", str(tmp_path / "g.json")])
+    assert [r["mode"] for r in rows] == ["none", "score", "kick"]
+    assert all(r["denoiser_calls"] == rows[0]["denoiser_calls"] for r in rows)  # equal denoiser evaluations
+    assert [r["witness_calls"] for r in rows] == [0, rows[0]["denoiser_calls"], 18]
+    assert json.loads((tmp_path / "g.json").read_text()) == rows
+    assert "| 8gaussians | score | 1 | 0.5 | 35 |" in capsys.readouterr().out

@@ -56,6 +56,14 @@ def eight_gaussians(n: int, g: torch.Generator) -> Tensor:
     return (centres[idx] + 0.1 * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
 
 
+def five_gaussians(n: int, g: torch.Generator) -> Tensor:
+    """The GPM reference code's 2-D mixture: 5 Gaussians (std 0.5) evenly spaced on the circle of radius 3."""
+    angles = torch.arange(5, dtype=torch.float64) * (2 * math.pi / 5)
+    centres = 3.0 * torch.stack([angles.cos(), angles.sin()], 1)
+    idx = torch.randint(0, 5, (n,), generator=g)
+    return (centres[idx] + 0.5 * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+
+
 def two_moons(n: int, g: torch.Generator) -> Tensor:
     """Two interleaved half circles (noise 0.1), centred, scaled by 1.5."""
     upper = torch.rand(n, generator=g) < 0.5
@@ -83,6 +91,7 @@ def swiss_roll(n: int, g: torch.Generator) -> Tensor:
 
 TOY: Dict[str, Callable[[int, torch.Generator], Tensor]] = {
     "8gaussians": eight_gaussians,
+    "5gaussians": five_gaussians,
     "moons": two_moons,
     "checkerboard": checkerboard,
     "swissroll": swiss_roll,

@@ -21,9 +21,10 @@ from .options import EDMOptions
 Tensor = torch.Tensor
 
 
-def data_sigma(x: Tensor) -> float:
-    """σ_data: the data's per-coordinate standard deviation (EDM uses 0.5 for images in [−1, 1])."""
-    return float(x.std())
+def data_sigma(x: Tensor, given: float = 0.0) -> float:
+    """σ_data of EDM's preconditioning: ``given`` when > 0 (option ``sigma_data``), else the data's
+    per-coordinate standard deviation (EDM uses 0.5 for images in [−1, 1])."""
+    return float(given) if given > 0 else float(x.std())
 
 
 def sample_sigmas(n: int, p_mean: float, p_std: float, device) -> Tensor:
@@ -47,7 +48,7 @@ class DenoiserMethod(Method):
     def __init__(self, data, options, device):
         super().__init__(data, options, device)
         o = self.opts
-        self.net = EDMPrecond(self.dim, o.hidden, o.depth, data_sigma(data.train)).to(self.device)
+        self.net = EDMPrecond(self.dim, o.hidden, o.depth, data_sigma(data.train, getattr(o, "sigma_data", 0.0))).to(self.device)
         self.opt = adam(self.net.parameters(), o.lr)
 
     def modules(self):

@@ -1,16 +1,26 @@
-"""Closed-form IPM-GAN (MMD witness) discriminator guidance for a diffusion sampler (Asokan et al. 2023).
+"""Closed-form IPM-GAN (MMD witness) discriminator guidance for a diffusion sampler.
 
-An IPM-GAN critic in a kernel's RKHS is optimal in closed form: the MMD witness
-D*(x) = E_y k(x, y) − E_x' k(x, x'). It is added to a deterministic EDM sampler over the Karras
-grid, after every step from σ_i to σ_{i+1}:
+Asokan, Shetty, Srikanth & Seelamantula, "GANs Settle Scores!" (arXiv 2306.01654; v2 "Insights into
+Closed-form IPM-GAN Discriminator Guidance for Diffusion Modeling"): an IPM-GAN critic in a kernel's
+RKHS is optimal in closed form, the MMD witness D*(x) = E_y k(x, y) − E_x' k(x, x'), and its gradient
+guides a diffusion sampler. (The polyharmonic kernels come from the same group's "Data Interpolants –
+That's What Discriminators in Higher-order Gradient-regularized GANs Are", arXiv 2306.00785.)
 
-    x ← sampler_step(x) + λ ∇D*_{σ_{i+1}}(x)      (``gpflow_kernels.mmd_field``)
+How the guidance enters the sampler is our choice, as the guidance paper's exact update was not
+available to us: following discriminator guidance (Kim et al. 2023), it is added to the score inside
+every derivative of the deterministic EDM sampler over the Karras grid,
 
-where D*_σ compares the particles with ``n_data`` data samples noised to the same level σ (both
-sets then live at noise level σ) and, with ``scale_bandwidth``, the kernel's bandwidth b grows as
-sqrt(b² + σ²) so the witness is informative at every level. ``sampler``: "heun" (EDM) or "euler"
-(which is DDIM for this ODE, Karras et al. 2022 §3). ``guidance=0`` is the plain sampler: the
-run also reports it as the baseline.
+    d(x, σ) = (x − D(x; σ))/σ − λ σ ∇D*_σ(x),      x_{i+1} = x_i + (σ_{i+1} − σ_i) d   (Euler; Heun
+    averages d at both ends),
+
+i.e. the score (D − x)/σ² becomes (D − x)/σ² + λ ∇D*_σ, so its effect converges as the grid is
+refined instead of growing with the number of steps. ``guidance_mode="kick"`` keeps the earlier
+post-step form x_{i+1} ← x_{i+1} + λ ∇D*_{σ_{i+1}}(x_{i+1}) for comparison (benchmarks/RESULTS.md).
+D*_σ compares the particles with ``n_data`` data samples noised to the same level σ (both sets then
+live at noise level σ) and, with ``scale_bandwidth``, the kernel's bandwidth b grows as sqrt(b² + σ²)
+so the witness is informative at every level. ``sampler``: "heun" (EDM) or "euler" (which is DDIM
+for this ODE, Karras et al. 2022 §3). ``guidance=0`` is the plain sampler: the run also reports it as
+the baseline.
 
 ``latent > 0`` runs the same in the latent space of a small autoencoder (trained first, for
 ``ae_steps``): the denoiser, the data samples and the guidance all live in latent space, and the
@@ -20,6 +30,7 @@ samples are decoded (latent diffusion, as in the paper's LDM experiments).
 from __future__ import annotations
 
 import math
+from typing import Callable, Tuple
 
 import torch
 from torch.nn import functional as F
@@ -31,6 +42,8 @@ from .base import Method, Sample, adam, step_on
 from .edm import data_sigma, karras_grid, train_denoiser_step
 from .nets import EDMPrecond, mlp
 from .options import GuidanceOptions
+
+Tensor = torch.Tensor
 
 
 class MMDGuidance(Method):
@@ -48,7 +61,7 @@ class MMDGuidance(Method):
             self.enc = mlp(self.dim, o.latent, o.hidden, 2).to(self.device)
             self.dec = mlp(o.latent, self.dim, o.hidden, 2).to(self.device)
             self.ae_opt = adam(list(self.enc.parameters()) + list(self.dec.parameters()), o.lr)
-        self.net = EDMPrecond(self.space_dim, o.hidden, o.depth, data_sigma(data.train)).to(self.device)
+        self.net = EDMPrecond(self.space_dim, o.hidden, o.depth, data_sigma(data.train, o.sigma_data)).to(self.device)
         self.opt = adam(self.net.parameters(), o.lr)
         self._codes = None
 
@@ -88,7 +101,7 @@ class MMDGuidance(Method):
             return {"ae_loss": step_on(self.ae_opt, F.mse_loss(self.dec(self.enc(x)), x))}
         if step == self.ae_phase and o.latent:
             self._codes = None
-            self.net.sigma_data = data_sigma(self.codes())
+            self.net.sigma_data = data_sigma(self.codes(), self.opts.sigma_data)
         codes = self.codes()
         batch = codes[torch.randint(0, len(codes), (o.batch,), device=self.device)]
         return {"loss": train_denoiser_step(self.net, self.opt, batch, o.p_mean, o.p_std)}
@@ -97,7 +110,7 @@ class MMDGuidance(Method):
         super().load_state_dict(state)
         self._codes = None
         if self.opts.latent:
-            self.net.sigma_data = data_sigma(self.codes())
+            self.net.sigma_data = data_sigma(self.codes(), self.opts.sigma_data)
 
     def witness_field(self, x, sigma: float, ref, generator):
         """∇D*_σ(x): MMD witness gradient between the particles and the reference data noised to σ."""
@@ -114,27 +127,46 @@ class MMDGuidance(Method):
         ref = codes[torch.randperm(len(codes), generator=generator, device=self.device)[: o.n_data]]
         sigmas = karras_grid(o, self.device)
         x = o.sigma_max * torch.randn(n, self.space_dim, generator=generator, device=self.device)
-        states = [x]
-        heun = o.sampler == "heun"
-        nfe = 0
-        for i in range(len(sigmas) - 1):
-            s, s_next = sigmas[i], sigmas[i + 1]
-            d = (x - self.net(x, s)) / s
-            x_next = x + (s_next - s) * d
-            nfe += 1
-            if heun and float(s_next) > 0:
-                d2 = (x_next - self.net(x_next, s_next)) / s_next
-                x_next = x + (s_next - s) * 0.5 * (d + d2)
-                nfe += 1
-            if lam:
-                x_next = x_next + lam * self.witness_field(x_next, float(s_next), ref, generator)
-            x = x_next
-            if not bool(torch.isfinite(x).all()):
-                raise solvers.NonFiniteError(f"particles became non-finite at step {i + 1} (sigma={float(s_next):.4g}); "
-                                             "lower the guidance weight")
-            states.append(x)
+        witness = lambda z, sigma: self.witness_field(z, sigma, ref, generator)
+        x, states, nfe = guided_sampler(self.net, x, sigmas, witness, lam, heun=o.sampler == "heun",
+                                        mode=o.guidance_mode, keep_path=trajectory)
         path = torch.stack(states) if trajectory else None
         if o.latent:
             x = self.dec(x)
             path = torch.stack([self.dec(p) for p in path]) if trajectory else None
         return Sample(x, nfe, path)
+
+
+def guided_sampler(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, sigmas: Tensor,
+                   witness: Callable[[Tensor, float], Tensor], lam: float, *, heun: bool = True,
+                   mode: str = "score", keep_path: bool = False) -> Tuple[Tensor, list, int]:
+    """EDM's deterministic sampler over ``sigmas`` (decreasing, last 0) with MMD-witness guidance.
+
+    denoiser(x, σ) -> D(x; σ); witness(x, σ) -> ∇D*_σ(x), both shaped like x: (n, D).
+    mode "score": d = (x − D)/σ − λ σ ∇D*_σ inside every derivative; "kick": the plain step, then
+    x += λ ∇D*_{σ_next}(x). Returns (x, states (if keep_path, else [x0]), denoiser calls).
+    """
+    def deriv(z, sigma):
+        d = (z - denoiser(z, sigma)) / sigma
+        if lam and mode == "score":
+            d = d - lam * float(sigma) * witness(z, float(sigma))
+        return d
+
+    states, nfe = [x], 0
+    for i in range(len(sigmas) - 1):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        d = deriv(x, s)
+        x_next = x + (s_next - s) * d
+        nfe += 1
+        if heun and float(s_next) > 0:
+            x_next = x + (s_next - s) * 0.5 * (d + deriv(x_next, s_next))
+            nfe += 1
+        if lam and mode == "kick":
+            x_next = x_next + lam * witness(x_next, float(s_next))
+        x = x_next
+        if not bool(torch.isfinite(x).all()):
+            raise solvers.NonFiniteError(f"particles became non-finite at step {i + 1} (sigma={float(s_next):.4g}); "
+                                         "lower the guidance weight")
+        if keep_path:
+            states.append(x)
+    return x, states, nfe

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Mapping, Tuple, Type
 
 #: Data sets known by name (``data.py`` builds them); those in IMAGE_DATA are images.
-DATA_NAMES = ("8gaussians", "moons", "checkerboard", "swissroll", "digits")
+DATA_NAMES = ("8gaussians", "5gaussians", "moons", "checkerboard", "swissroll", "digits")
 IMAGE_DATA = ("digits",)
 #: Kernel names (gpflow_kernels.kernels.KERNELS; a test keeps the two equal).
 KERNEL_NAMES = ("energy", "gaussian", "imq", "laplace", "polyharmonic")
@@ -46,6 +46,9 @@ class Options:
     LOWER: ClassVar[Dict[str, Tuple[float, bool]]] = {}
     CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {}
     IMAGE: ClassVar[Dict[str, Any]] = {}
+    #: named sets of option values (``--set preset=NAME``), applied before the user's own options;
+    #: plain class attribute (not merged along the MRO): a subclass states its own
+    PRESETS: ClassVar[Dict[str, Dict[str, Any]]] = {}
 
     @classmethod
     def types(cls) -> Dict[str, type]:
@@ -75,6 +78,12 @@ class Options:
         """Defaults (image defaults on image data), then ``overrides``, every value checked."""
         types = cls.types()
         kw = dict(_merged(cls, "IMAGE")) if is_image else {}
+        preset = overrides.get("preset", "")
+        if "preset" in types and preset:
+            if preset not in cls.PRESETS:
+                known = ", ".join(map(repr, cls.PRESETS)) or "none"
+                raise OptionError(f"option preset of {method!r} must be one of: {known}; got {preset!r}")
+            kw.update(cls.PRESETS[preset])
         for key, value in overrides.items():
             if key not in types:
                 raise OptionError(f"method {method!r} has no option {key!r}; its options are: {', '.join(sorted(types))}")
@@ -134,9 +143,13 @@ class EDMOptions(NetOptions):
     rho: float = 7.0
     sample_steps: int = 18   # noise levels n; 2n − 1 denoiser calls
     churn: float = 0.0
+    sigma_data: float = 0.0  # EDM's σ_data; 0: the data's standard deviation
+    preset: str = ""         # "paper": the GPM reference code's Gaussian-mixture configuration
 
     SIGNED = {"p_mean": None}
     LOWER = {"p_std": (0, False), "sigma_min": (0, False), "rho": (0, False), "sample_steps": (1, True)}
+    PRESETS = {"paper": dict(steps=10000, batch=128, lr=2e-4, hidden=512, depth=4, sigma_min=0.002, sigma_max=40.0,
+                             rho=7.0, sample_steps=28, churn=0.0, sigma_data=0.5)}
 
     def check(self, method):
         _sigma_range(method, self)
@@ -157,6 +170,8 @@ class ScoreGANOptions(NetOptions):
     sigma_max: float = 10.0
     rho: float = 3.0
     gen_score_init: str = "fresh"  # "fresh" (the reference code) or "copy" the phase-1 denoiser
+    sigma_data: float = 0.0  # σ_data of both denoisers; 0: the data's standard deviation
+    preset: str = ""
 
     SIGNED = {"p_mean": None}
     LOWER = {"score_steps": (1, True), "latent": (1, True), "p_std": (0, False), "gen_lr": (0, False),
@@ -165,6 +180,11 @@ class ScoreGANOptions(NetOptions):
     # Three network passes per generator step: smaller batches keep digits at a few minutes.
     # σ range of the reference code's MNIST config.
     IMAGE = {"batch": 256, "sigma_min": 0.32, "sigma_max": 40.0}
+    # The reference runs 31 500 score steps with a generator step every 10: 3150 generator steps.
+    # Its data score is the EDM preset's network, pretrained for 10 000 steps (our phase 1).
+    PRESETS = {"paper": dict(data_steps=10000, steps=3150, score_steps=10, batch=128, lr=2e-4, gen_lr=2e-4, hidden=512,
+                             depth=4, latent=128, sigma_min=0.1, sigma_max=10.0, rho=3.0, gen_score_init="fresh",
+                             sigma_data=0.5)}
 
     def check(self, method):
         _sigma_range(method, self)
@@ -181,9 +201,13 @@ class GANOptions(NetOptions):
     d_steps: int = 1         # discriminator steps per generator step
     latent: int = 8
     lr: float = 2e-4
+    preset: str = ""
 
     LOWER = {"d_steps": (1, True), "latent": (1, True)}
     CHOICES = {"loss": LOSSES}
+    # "vanilla" in the reference: the binary cross-entropy discriminator and non-saturating generator ("ns"), no penalty
+    PRESETS = {"paper": dict(steps=1900, batch=128, lr=2e-4, hidden=512, depth=4, latent=128, d_steps=1, loss="ns",
+                             penalty=0.0)}
 
 
 @dataclass
@@ -193,9 +217,12 @@ class DiscFlowOptions(NetOptions):
     penalty: float = 0.1
     eta: float = 3.0        # field scale η
     flow_steps: int = 10    # Euler steps over t ∈ [0, 1]
+    preset: str = ""
 
     LOWER = {"eta": (0, False), "flow_steps": (1, True)}
     CHOICES = {"loss": LOSSES}
+    PRESETS = {"paper": dict(steps=4000, batch=128, lr=2e-4, hidden=512, depth=4, eta=20.0, flow_steps=56, loss="ns",
+                             penalty=0.0)}
 
 
 @dataclass
@@ -205,6 +232,7 @@ class DistilledOptions(DiscFlowOptions):
     gen_lr: float = 1e-3
 
     LOWER = {"gen_lr": (0, False)}
+    PRESETS = {}  # the GPM code has no distilled flow
 
 
 @dataclass
@@ -235,7 +263,7 @@ class DiffFlowOptions(NetOptions):
 @dataclass
 class GuidanceOptions(EDMOptions):
     steps: int = 4000
-    guidance: float = 0.5       # λ
+    guidance: float = 3.0       # λ (score form; benchmarks/RESULTS.md: 3-10 on 2-D sets, 100-300 on digits)
     kernel: str = "gaussian"
     bandwidth: float = 0.5
     scale_bandwidth: bool = True
@@ -243,9 +271,12 @@ class GuidanceOptions(EDMOptions):
     sampler: str = "heun"
     latent: int = 0             # autoencoder latent size; 0: pixel/point space
     ae_steps: int = 1500
+    guidance_mode: str = "score"  # "score": λ ∇D* added to the score in every derivative; "kick": after each step
 
     LOWER = {"bandwidth": (0, False), "n_data": (2, True)}
-    CHOICES = {"kernel": KERNEL_NAMES, "sampler": ("heun", "euler", "ddim")}
+    CHOICES = {"kernel": KERNEL_NAMES, "sampler": ("heun", "euler", "ddim"), "guidance_mode": ("score", "kick")}
+    PRESETS = {}  # not a GPM method
+    IMAGE = {"guidance": 100.0}
 
 
 # ----- training-free flows ----------------------------------------------------------------------

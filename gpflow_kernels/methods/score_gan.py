@@ -47,7 +47,7 @@ class ScoreGAN(Method):
     def __init__(self, data, options, device):
         super().__init__(data, options, device)
         o = self.opts
-        sd = data_sigma(data.train)
+        sd = data_sigma(data.train, o.sigma_data)
         self.data_net = EDMPrecond(self.dim, o.hidden, o.depth, sd).to(self.device)
         self.data_opt = adam(self.data_net.parameters(), o.lr)
         self.gen_net = EDMPrecond(self.dim, o.hidden, o.depth, sd).to(self.device)
