@@ -329,3 +329,25 @@ def test_threads_option_sets_torch_threads(tmp_path, capsys):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_failing_checkpoint_write_is_one_line_and_keeps_the_last_good_one(tmp_path, capsys, monkeypatch):
+    """The disk fills up (or the folder turns read-only) mid-run: exit 1, the previous checkpoint intact."""
+    import gpflow_kernels.methods.outdir as outdir
+
+    real = outdir.OutDir.write
+    calls = {"n": 0}
+
+    def flaky(self, name, writer):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, name, writer)
+
+    monkeypatch.setattr(outdir.OutDir, "write", flaky)
+    out = tmp_path / "o"
+    line = one_error_line(*gpflow(capsys, "run", "gan", "--data", "moons", "--out", out, *FAST_GAN, "--ckpt-every", "5"),
+                          expected_code=1)
+    assert "writing the checkpoint at step 10 failed (No space left on device)" in line
+    assert "last good checkpoint (step 5)" in line
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5

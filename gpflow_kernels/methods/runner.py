@@ -192,7 +192,11 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
     def checkpoint():
         state = {**record, "step": step, "state": m.state_dict(), "rng": _rng_state(dev), "history": history,
                  "snapshots": snapshots, "init_metrics": init_metrics}
-        dirs.write(CHECKPOINT, lambda p: torch.save(state, p))
+        try:
+            dirs.write(CHECKPOINT, lambda p: torch.save(state, p))
+        except OSError as e:  # disk full, folder removed or made read-only while running
+            raise RunFailed(f"writing the checkpoint at step {step} failed ({e.strerror or e}); "
+                            f"{dirs.describe_checkpoint(last_ckpt)}") from None
 
     snap_every = max(1, total // 20)
     bar = Progress(total, f"{method}/{data}", enabled=progress, start=step)
@@ -229,7 +233,7 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
         if total > 0 and last_ckpt != step:
             checkpoint()
             last_ckpt = step
-        if sig.signum is not None and step < total:
+        if sig.signum is not None:
             raise Interrupted(f"interrupted at step {step}/{total}: checkpoint saved in {out / CHECKPOINT}; "
                               "--resume continues the run exactly")
         if stop_after is not None and step < total:
@@ -240,6 +244,9 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
     except solvers.NonFiniteError as e:
         raise RunFailed(f"sampling failed: {e}; smaller step sizes (options step_size, eps, eta, guidance, "
                         f"sample_steps) keep particles finite; {dirs.describe_checkpoint(last_ckpt)}") from None
+    except OSError as e:
+        raise RunFailed(f"writing the results to {out} failed ({e.strerror or e}); "
+                        f"{dirs.describe_checkpoint(last_ckpt)}") from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted while sampling; " + (
             f"training is complete and saved in {out / CHECKPOINT}: --resume samples and measures it"
