@@ -276,7 +276,7 @@ class GuidanceOptions(EDMOptions):
     LOWER = {"bandwidth": (0, False), "n_data": (2, True)}
     CHOICES = {"kernel": KERNEL_NAMES, "sampler": ("heun", "euler", "ddim"), "guidance_mode": ("score", "kick")}
     PRESETS = {}  # not a GPM method
-    IMAGE = {"guidance": 100.0}
+    IMAGE = {"guidance": 100.0, "bandwidth": 4.0}  # 0.5 is far below 64-D digit distances: no effect there
 
 
 # ----- training-free flows ----------------------------------------------------------------------
