@@ -2,7 +2,8 @@
 
 Phase 1 (``data_steps``): the data denoiser D_ψ(x; σ) (score s_ψ = (D_ψ − x)/σ²) is learned as an
 EDM denoiser (log-normal σ, EDM weighting), standing for the reference code's pretrained EDM model.
-With ``data_score="kde"`` the field uses the closed-form denoiser of the training set instead.
+With ``data_score="kde"`` the field uses the closed-form denoiser of the training set instead (phase 1
+then only matters for ``gen_score_init="copy"``; set ``data_steps=0`` otherwise).
 Phase 2 (``steps`` generator steps): each generator step follows ``score_steps`` updates of the
 generated-data denoiser D_φ on fresh particles, by the plain loss |D_φ(g(z) + σ ε; σ) − g(z)|²,
 then moves the generator along the field (D_ψ − D_φ)/σ = σ (s_ψ − s_φ) at noised particles:
