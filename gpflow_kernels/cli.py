@@ -21,10 +21,8 @@ import re
 import sys
 from typing import Any, Dict, List, Optional
 
-from .methods.options import DATA_NAMES, IMAGE_DATA, OPTIONS, OptionError
+from .methods.options import COMPARE_DEFAULT, DATA_NAMES, IMAGE_DATA, OPTIONS, OptionError
 from .methods.outdir import Interrupted, RunError, RunFailed, check
-
-COMPARE_DEFAULT = ("edm", "disc-flow", "score-gan", "gan", "diffflow", "mmd-guidance", "mmd-flow")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
@@ -167,11 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if debug:
             raise
         return _fail(2, f"error: {e}")
-    except RunFailed as e:
-        if debug:
-            raise
-        return _fail(1, f"error: {e}")
-    except (ValueError, TypeError) as e:  # refused by an op or a solver during the run
+    except (RunFailed, ValueError, TypeError) as e:  # failed while running (ValueError/TypeError: an op refused a value)
         if debug:
             raise
         return _fail(1, f"error: {e}")

@@ -25,6 +25,8 @@ DATA_NAMES = ("8gaussians", "5gaussians", "moons", "checkerboard", "swissroll", 
 IMAGE_DATA = ("digits",)
 #: Kernel names (gpflow_kernels.kernels.KERNELS; a test keeps the two equal).
 KERNEL_NAMES = ("energy", "gaussian", "imq", "laplace", "polyharmonic")
+#: What ``gpflow compare`` runs when no --methods are given.
+COMPARE_DEFAULT = ("edm", "disc-flow", "score-gan", "gan", "diffflow", "mmd-guidance", "mmd-flow")
 
 
 class OptionError(ValueError):
@@ -55,11 +57,15 @@ class Options:
         return {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
 
     @classmethod
+    def _unknown(cls, method: str, key: str) -> OptionError:
+        return OptionError(f"method {method!r} has no option {key!r}; its options are: {', '.join(sorted(cls.types()))}")
+
+    @classmethod
     def parse(cls, method: str, key: str, text: str) -> Any:
         """The value of ``--set key=text`` in the option's type."""
         types = cls.types()
         if key not in types:
-            raise OptionError(f"method {method!r} has no option {key!r}; its options are: {', '.join(sorted(types))}")
+            raise cls._unknown(method, key)
         want = types[key]
         if want is bool:
             low = text.lower()
@@ -86,7 +92,7 @@ class Options:
             kw.update(cls.PRESETS[preset])
         for key, value in overrides.items():
             if key not in types:
-                raise OptionError(f"method {method!r} has no option {key!r}; its options are: {', '.join(sorted(types))}")
+                raise cls._unknown(method, key)
             kw[key] = value
         opts = cls(**kw)
         signed, lower, choices = _merged(cls, "SIGNED"), _merged(cls, "LOWER"), _merged(cls, "CHOICES")

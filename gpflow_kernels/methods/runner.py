@@ -33,6 +33,7 @@ import torch
 from . import get_method
 from .data import Dataset, load
 from .metrics import digits_classifier, evaluate
+from .options import COMPARE_DEFAULT
 from .outdir import CHECKPOINT, Interrupted, OutDir, RunError, RunFailed, check
 from .progress import Progress
 
@@ -301,7 +302,6 @@ def _png(draw, *args) -> bytes:
     return buf.getvalue()
 
 
-COMPARE_DEFAULT = ("edm", "disc-flow", "score-gan", "gan", "diffflow", "mmd-guidance", "mmd-flow")
 
 
 def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = None, seed: int = 0,
