@@ -49,10 +49,13 @@ def finite(name: str, t: Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
 
 
-def points(name: str, t, check_finite: bool = True) -> Tensor:
+def points(name: str, t, check_finite: bool = True, allow_empty: bool = False) -> Tensor:
+    """(..., N, D) floating points; ``allow_empty``: N = 0 is allowed (a rank's empty shard)."""
     t = tensor(name, t)
     if t.dim() < 2:
         raise ValueError(f"{name} must have shape (..., N, D) with at least 2 dims, got {describe(t)}")
+    if allow_empty and t.shape[-2] == 0 and t.shape[-1] > 0 and math.prod(t.shape[:-2]) > 0:
+        return t
     if t.shape[-2] == 0 or t.shape[-1] == 0:
         raise ValueError(f"{name} is empty: expected at least one point of dimension >= 1, got {describe(t)}")
     if t.numel() == 0:
@@ -72,9 +75,9 @@ def same_kind(named: Sequence[Tuple[str, Tensor]]) -> None:
             raise TypeError(f"{n} has dtype {t.dtype} but {n0} has dtype {t0.dtype}; cast them to one dtype")
 
 
-def point_pair(xn: str, x, yn: str, y) -> Tuple[Tensor, Tensor]:
+def point_pair(xn: str, x, yn: str, y, allow_empty: bool = False) -> Tuple[Tensor, Tensor]:
     """x: (..., N, D) and y: (..., M, D) with equal batch dims and D."""
-    x, y = points(xn, x, False), points(yn, y, False)
+    x, y = points(xn, x, False, allow_empty), points(yn, y, False, allow_empty)
     same_kind([(xn, x), (yn, y)])
     if x.dim() != y.dim() or x.shape[:-2] != y.shape[:-2]:
         raise ValueError(

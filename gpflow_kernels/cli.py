@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from .methods.options import COMPARE_DEFAULT, DATA_NAMES, IMAGE_DATA, OPTIONS, OptionError
 from .methods.outdir import Interrupted, RunError, RunFailed, check
+from .methods.signals import DeferredSignals
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
@@ -149,17 +150,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         started = True
         if args.threads is not None:
             os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before torch is imported, for its pool
-        import torch
+        with DeferredSignals() as sig:  # signals are acted on at safe points only (see methods/signals.py)
+            import torch
 
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        from .methods.runner import compare, run_method
+            from .methods.runner import compare, run_method
 
-        if args.command == "compare":
-            compare(args.data, args.out, methods=names, steps=args.steps, seed=args.seed, device=args.device,
-                    progress=not args.quiet)
-        else:
-            run_method(args.method, args.data, args.out, **kwargs)
+            if sig.signum is not None:
+                raise KeyboardInterrupt
+            if args.threads is not None:
+                torch.set_num_threads(args.threads)
+            if args.command == "compare":
+                compare(args.data, args.out, methods=names, steps=args.steps, seed=args.seed, device=args.device,
+                        progress=not args.quiet)
+            else:
+                run_method(args.method, args.data, args.out, **kwargs)
         return 0
     except (RunError, OptionError) as e:
         if debug:

@@ -291,3 +291,27 @@ def softmax_mean_backward(x, y, s2, lse, mu, g, needs) -> Tuple[Optional[Tensor]
             ct = c.transpose(1, 2)
             gy[bs, cs] += torch.bmm(p.transpose(1, 2), gt) - _weighted_diff_sum(ct, yt, xt) * sb
     return gx, gy
+
+
+#: ``lse`` from :func:`softmax_mean` is in natural-log units (the Triton backend's is in base 2).
+LSE_UNIT = 1.0
+
+
+def lse_offset(x: Tensor, y: Tensor, s2: Tensor, c: Optional[Tensor], exact_max_d: int = EXACT_MAX_D) -> Tensor:
+    """How far this backend's ``lse`` for (x, y) lies above a convention shared by several y blocks.
+
+    Merging blocks of y (``gpflow_kernels.distributed``) needs their log-normalisers in one
+    convention: the exact log Σ_j exp(−|x_i − y_j|²/(2σ²)) when ``c`` is None, else that plus the row
+    constant |x_i − c|²/(2σ²) (the flash form centred on a point c: (B, 1, D) common to the blocks).
+    A backend computes exact logits for D <= ``exact_max_d`` and otherwise the flash form centred on
+    the block's mean c_b; the offset between two flash forms is (|x − c_b|² − |x − c|²)/(2σ²) =
+    (c − c_b)·(2x − c − c_b)/(2σ²), computed from the difference so no large terms cancel.
+    Returns (B, N) in natural units (divide a base-2 lse by its ``LSE_UNIT`` first).
+    """
+    inv = (0.5 / s2).view(-1, 1)
+    if x.shape[-1] <= exact_max_d:
+        return x.new_zeros(x.shape[:2]) if c is None else -((x - c) ** 2).sum(-1) * inv
+    cb = y.mean(dim=1, keepdim=True)
+    if c is None:
+        return ((x - cb) ** 2).sum(-1) * inv
+    return ((c - cb) * (2.0 * x - c - cb)).sum(-1) * inv

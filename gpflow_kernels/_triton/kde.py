@@ -12,10 +12,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import reference
 from .common import (EXACT_MAX_D, acc_dtype, column, configs, coordinate_sums, dot_precision, load_block, load_rows, pow2,
                      slot_tiles, sqdist, store_rows, sums_mode, with_ones)
 
 LOG2E = 1.4426950408889634
+#: ``lse`` is in base-2 units: divide by this for natural units (see ``reference.lse_offset``).
+LSE_UNIT = LOG2E
 
 
 @triton.jit
@@ -190,3 +193,8 @@ def softmax_mean_backward(x, y, s2, lse, mu, g, needs):
         gy = torch.empty_like(yc)
         _kde_bwd_y[lambda meta: (triton.cdiv(M, meta["BN"]), B)](yc, xc, g, muc, lse, inv, gy, M, N, **kw)
     return gx, gy
+
+
+def lse_offset(x, y, s2, c):
+    """This backend's lse (natural units) above the shared convention: see ``reference.lse_offset``."""
+    return reference.lse_offset(x, y, s2, c, exact_max_d=EXACT_MAX_D)

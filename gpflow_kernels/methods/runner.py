@@ -21,8 +21,6 @@ import dataclasses
 import io
 import json
 import math
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -36,6 +34,7 @@ from .metrics import digits_classifier, evaluate
 from .options import COMPARE_DEFAULT
 from .outdir import CHECKPOINT, Interrupted, OutDir, RunError, RunFailed, check
 from .progress import Progress
+from .signals import DeferredSignals
 
 __all__ = ["run_method", "compare", "RunError", "RunFailed", "Interrupted", "CHECKPOINT", "COMPARE_DEFAULT"]
 
@@ -66,32 +65,6 @@ def resolve_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise RunError(f"--device {device!r}: only cpu and cuda are supported")
     return dev
-
-
-class _DeferredSignals:
-    """While active (main thread only), SIGINT and SIGTERM set ``self.signum`` instead of stopping the
-    step in progress; the loop checks it at each step boundary. A second signal raises
-    KeyboardInterrupt at once (the user insists)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __enter__(self):
-        self.signum: Optional[int] = None
-        self.old = {}
-        if threading.current_thread() is threading.main_thread():
-            for s in self.SIGNALS:
-                self.old[s] = signal.signal(s, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, h in self.old.items():
-            signal.signal(s, h)
-        return False
 
 
 def _load_checkpoint(path: Path, dev: torch.device, record: Dict[str, Any], total: int) -> Dict[str, Any]:
@@ -141,8 +114,23 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
     Returns the metrics dictionary that is also written to ``out/metrics.json``.
 
     Raises RunError (the run cannot start as asked; nothing written), RunFailed (it failed while
-    running; the message says which checkpoint is left) or Interrupted (a signal stopped it).
+    running; the message says which checkpoint is left) or Interrupted (a signal stopped it). A
+    first SIGINT/SIGTERM is acted on at the next safe point (between start-up stages, at a training
+    step boundary, before the results are written; see ``signals.py``), a second one at once.
     """
+    with DeferredSignals() as sig:
+        return _run(sig, method, data, out, options=options, seed=seed, device=device, resume=resume,
+                    overwrite=overwrite, n_samples=n_samples, ckpt_every=ckpt_every, plots=plots,
+                    progress=progress, stop_after=stop_after, log=log)
+
+
+def _startup_check(sig: DeferredSignals) -> None:
+    if sig.signum is not None:
+        raise Interrupted("interrupted during start-up; nothing was written")
+
+
+def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_samples, ckpt_every, plots,
+         progress, stop_after, log) -> Dict[str, Any]:
     cls = get_method(method)
     out = check(out, resume=resume, overwrite=overwrite)
     for name, v, low in (("ckpt_every", ckpt_every, 1), ("seed", seed, 0)):
@@ -154,6 +142,7 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
 
         pyplot()  # fail before training, not after, when matplotlib is missing
     ds: Dataset = load(data, seed=seed)
+    _startup_check(sig)
     opts = cls.make_options(ds, dict(options or {}))
     n = (500 if ds.is_image else 1000) if n_samples is None else n_samples
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
@@ -162,6 +151,7 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
     torch.manual_seed(seed)
     m = cls(ds, opts, dev)
     classifier = digits_classifier(ds) if ds.is_image else None
+    _startup_check(sig)
     sample_gen = lambda: torch.Generator(device=dev).manual_seed(seed + 1)
     record = {"format": FORMAT, "method": method, "data": data, "seed": seed, "options": dataclasses.asdict(opts)}
     dirs = OutDir(out, overwrite=overwrite)
@@ -189,6 +179,7 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
             x_init = m.sample(n, sample_gen()).x
         init_metrics = evaluate(x_init, ds, classifier)
         _set_rng_state(rng, dev)
+    _startup_check(sig)
 
     def checkpoint():
         state = {**record, "step": step, "state": m.state_dict(), "rng": _rng_state(dev), "history": history,
@@ -205,57 +196,60 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
     train_seconds = 0.0 if not history else history[-1].get("seconds", 0.0)
     import solvers  # the particle solvers' error type (layer 3 may import them)
 
-    with _DeferredSignals() as sig:
-        try:
-            while step < total and sig.signum is None and not (stop_after is not None and step >= stop_after):
-                stats = m.train_step(step)
-                _finite_stats(stats, step + 1, dirs, last_ckpt)
-                step += 1
-                if step % max(1, total // 50) == 0 or step == total:
-                    history.append({"step": step, **stats, "seconds": train_seconds + time.perf_counter() - t0})
-                if m.kind == "Int-PM" and (step % snap_every == 0 or step == total):
-                    with torch.no_grad():
-                        snapshots.append(m.sample(min(n, 256), torch.Generator(device=dev).manual_seed(seed + 2)).x.cpu())
-                bar.update(step, stats)
-                if step % ckpt_every == 0:
-                    checkpoint()
-                    last_ckpt = step
-        except solvers.NonFiniteError as e:
-            bar.close()
-            raise RunFailed(f"training failed at step {step + 1}: {e}; {dirs.describe_checkpoint(last_ckpt)}") from None
-        except KeyboardInterrupt:
-            bar.close()
-            raise Interrupted(f"interrupted twice: stopped in step {step + 1} without saving it; "
-                              f"{dirs.describe_checkpoint(last_ckpt)}") from None
+    try:
+        while step < total and sig.signum is None and not (stop_after is not None and step >= stop_after):
+            stats = m.train_step(step)
+            _finite_stats(stats, step + 1, dirs, last_ckpt)
+            step += 1
+            if step % max(1, total // 50) == 0 or step == total:
+                history.append({"step": step, **stats, "seconds": train_seconds + time.perf_counter() - t0})
+            if m.kind == "Int-PM" and (step % snap_every == 0 or step == total):
+                with torch.no_grad():
+                    snapshots.append(m.sample(min(n, 256), torch.Generator(device=dev).manual_seed(seed + 2)).x.cpu())
+            bar.update(step, stats)
+            if step % ckpt_every == 0:
+                checkpoint()
+                last_ckpt = step
+    except solvers.NonFiniteError as e:
         bar.close()
-        train_seconds += time.perf_counter() - t0
-        if history:
-            history[-1]["seconds"] = train_seconds
-        if total > 0 and last_ckpt != step:
-            checkpoint()
-            last_ckpt = step
-        if sig.signum is not None:
-            raise Interrupted(f"interrupted at step {step}/{total}: checkpoint saved in {out / CHECKPOINT}; "
-                              "--resume continues the run exactly")
-        if stop_after is not None and step < total:
-            return {"stopped_at": step}
+        raise RunFailed(f"training failed at step {step + 1}: {e}; {dirs.describe_checkpoint(last_ckpt)}") from None
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(f"interrupted twice: stopped in step {step + 1} without saving it; "
+                          f"{dirs.describe_checkpoint(last_ckpt)}") from None
+    bar.close()
+    train_seconds += time.perf_counter() - t0
+    if history:
+        history[-1]["seconds"] = train_seconds
+    if total > 0 and last_ckpt != step:
+        checkpoint()
+        last_ckpt = step
+    if sig.signum is not None:
+        raise Interrupted(f"interrupted at step {step}/{total}: checkpoint saved in {out / CHECKPOINT}; "
+                          "--resume continues the run exactly")
+    if stop_after is not None and step < total:
+        return {"stopped_at": step}
     try:
         return _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, total, train_seconds,
-                       history, snapshots, init_metrics, checkpoint if total == 0 else None, plots, opts, log)
+                       history, snapshots, init_metrics, checkpoint if total == 0 else None, plots, opts, log, sig)
     except solvers.NonFiniteError as e:
         raise RunFailed(f"sampling failed: {e}; smaller step sizes (options step_size, eps, eta, guidance, "
                         f"sample_steps) keep particles finite; {dirs.describe_checkpoint(last_ckpt)}") from None
     except OSError as e:
         raise RunFailed(f"writing the results to {out} failed ({e.strerror or e}); "
                         f"{dirs.describe_checkpoint(last_ckpt)}") from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _SignalledBeforeWrite):
         raise Interrupted("interrupted while sampling; " + (
             f"training is complete and saved in {out / CHECKPOINT}: --resume samples and measures it"
             if last_ckpt is not None else f"nothing was written to {out}")) from None
 
 
+class _SignalledBeforeWrite(Exception):
+    """A signal arrived while sampling; raised before the results are written."""
+
+
 def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, total, train_seconds, history,
-            snapshots, init_metrics, checkpoint, plots, opts, log) -> Dict[str, Any]:
+            snapshots, init_metrics, checkpoint, plots, opts, log, sig) -> Dict[str, Any]:
     """Sample, measure and write the results (every file whole, metrics.json last)."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -285,6 +279,8 @@ def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen,
         else:
             traj, label = smp.path, "integration time"
         figures["trajectory.png"] = _png(trajectory_png, traj, ds, f"{method}: particle trajectories", label)
+    if sig.signum is not None:  # the last safe point: nothing of the results is written yet
+        raise _SignalledBeforeWrite
     if checkpoint is not None:  # training-free runs write their (step 0) checkpoint with the results
         checkpoint()
     for name, content in figures.items():

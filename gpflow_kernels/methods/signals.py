@@ -1,0 +1,57 @@
+"""Deferred SIGINT/SIGTERM: a signal sets a flag that the run checks at its next safe point.
+
+No torch here: the command line defers signals from before it imports torch. Python raises
+KeyboardInterrupt wherever the main thread happens to be, and during start-up that was seen to go
+wrong in three ways: inside a library's bare ``except:`` (the interrupt was swallowed and the run
+went on to finish), inside code run through ``PyRun_String`` (CPython marked the interrupt
+unhandled, so the process died by SIGINT at exit although we had caught it and printed our
+message), and inside a nanobind extension (C++ ``terminate``, exit by SIGABRT). So the first signal
+only sets a flag; the run checks it between start-up stages, at each training step boundary and
+before it writes its results. A second signal raises KeyboardInterrupt at once (the user insists).
+
+Nesting shares one flag (the command line's and the runner's scopes), so a signal caught by the
+outer scope is seen by the inner one; the flag is cleared when the outermost scope is entered.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Dict, Optional
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_state: Dict[str, object] = {"signum": None, "depth": 0, "old": {}}
+
+
+def _handle(signum, frame):
+    if _state["signum"] is not None:
+        raise KeyboardInterrupt
+    _state["signum"] = signum
+
+
+class DeferredSignals:
+    """Context manager (main thread only; elsewhere it does nothing): while active, SIGINT and
+    SIGTERM set :attr:`signum` instead of interrupting; a second one raises KeyboardInterrupt."""
+
+    def __enter__(self):
+        self.active = threading.current_thread() is threading.main_thread()
+        if self.active:
+            if _state["depth"] == 0:
+                _state["signum"] = None
+                _state["old"] = {s: signal.signal(s, _handle) for s in SIGNALS}
+            _state["depth"] += 1
+        return self
+
+    @property
+    def signum(self) -> Optional[int]:
+        """The first signal received in this scope (or an enclosing one), else None."""
+        return _state["signum"] if self.active else None
+
+    def __exit__(self, *exc):
+        if self.active:
+            _state["depth"] -= 1
+            if _state["depth"] == 0:
+                for s, h in _state["old"].items():
+                    signal.signal(s, h)
+                _state["old"] = {}
+        return False

@@ -1,0 +1,89 @@
+"""Sharded ops (gpflow_kernels.distributed) on 2 gloo ranks against the single-process ops.
+
+One torchrun job (tests/dist_cases.py) runs every case; each test reads its case's result from
+both ranks: max |error| of the local rows and gradients (rows, then every input's gradient)
+relative to the largest reference value, or the error message of the error cases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = ROOT / "tests" / "dist_cases.py"
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(*args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           *map(str, args)], capture_output=True, text=True, env=_env(), timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    proc = torchrun(CASES, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+NUMERIC = {
+    # case: relative tolerance (float64 cases: reduction order only)
+    "integral_uneven": 1e-12, "integral_empty_y_shard": 1e-12, "integral_batch_float32": 2e-6,
+    "mmd_field_weights_xref": 1e-12, "mmd_field_empty_x_shard": 1e-12, "mmd_field_median_subset": 1e-12,
+    "mmd_field_highdim": 1e-12, "mmd2_biased_batch": 1e-12, "mmd2_unbiased_median": 1e-12,
+    "kde_score_2d_small_sigma": 1e-11, "kde_score_12d_flash": 1e-12, "kde_denoiser_empty_x_shard": 1e-12,
+    "kde_denoiser_empty_y_shard_16d": 1e-12, "svgd_median": 1e-12, "svgd_fixed_imq": 1e-12,
+    "after_errors_still_works": 1e-12,
+}
+
+
+@pytest.mark.parametrize("case", sorted(NUMERIC))
+def test_sharded_op_matches_single_process(results, case):
+    for rank, res in enumerate(results):
+        got = res[case]
+        assert isinstance(got, list), f"rank {rank}: {got}"
+        err, scale = got
+        assert scale > 0
+        assert err <= NUMERIC[case] * scale, f"rank {rank}: {case} error {err:.3g} (scale {scale:.3g})"
+
+
+ERRORS = {
+    "err_dimension": ["ValueError", "the point dimension D (rank 0 has 2, rank 1 has 3)"],
+    "err_kernel": ["ValueError", "disagree on kernel"],
+    "err_bandwidth": ["ValueError", "disagree on bandwidth"],
+    "err_dtype": ["ValueError", "disagree on the dtype"],
+    "err_all_empty_y": ["ValueError", "y has 0 points over all ranks"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_disagreeing_ranks_all_get_a_clear_error(results, case):
+    kind, text = ERRORS[case]
+    for res in results:
+        assert res[case].startswith(f"error: {kind}") and text in res[case], res[case]
+
+
+def test_bad_input_on_one_rank_names_it_on_the_others(results):
+    r0, r1 = results[0]["err_nan_on_rank1"], results[1]["err_nan_on_rank1"]
+    assert r1.startswith("error: ValueError: x contains NaN"), r1
+    assert r0.startswith("error: RuntimeError") and "rank(s) [1] rejected their input" in r0, r0
+
+
+def test_a_rank_that_dies_does_not_hang_the_others(tmp_path):
+    t0 = time.perf_counter()
+    proc = torchrun(CASES, tmp_path, "crash", timeout=120)
+    assert proc.returncode != 0
+    assert "rank 1 fails on purpose" in proc.stderr
+    assert time.perf_counter() - t0 < 90
