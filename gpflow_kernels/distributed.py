@@ -47,8 +47,7 @@ from .ops import _compute_dtype, _first_order_only, _impl
 Tensor = torch.Tensor
 Bandwidth = ops.Bandwidth
 
-__all__ = ["mmd_field", "mmd2", "kernel_integral", "kde_score", "kde_denoiser", "svgd_field", "shard_sizes",
-           "shard_bounds"]
+__all__ = ["mmd_field", "mmd2", "kernel_integral", "kde_score", "kde_denoiser", "svgd_field", "shard_bounds"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -700,7 +699,7 @@ def svgd_field(x: Tensor, score: Tensor, *, kernel: Union[str, Kernel] = "gaussi
 
 
 # --------------------------------------------------------------------------------------------
-# sharding helpers
+# sharding helper
 
 
 def shard_bounds(n: int, world: int, rank: int) -> Tuple[int, int]:
@@ -708,10 +707,3 @@ def shard_bounds(n: int, world: int, rank: int) -> Tuple[int, int]:
     base, extra = divmod(n, world)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
-
-
-def shard_sizes(n: int, group=None) -> int:
-    """This rank's share of n items (see :func:`shard_bounds`)."""
-    rank, world, _ = _group_info(group)
-    a, b = shard_bounds(n, world, rank)
-    return b - a

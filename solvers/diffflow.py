@@ -35,9 +35,8 @@ from typing import Callable, Optional, Union
 
 import torch
 
-import gpflow_kernels as gk
 
-from .fields import _schedule
+from .fields import _ops, _schedule
 from .sde import SDE
 
 Tensor = torch.Tensor
@@ -91,14 +90,17 @@ class DiffFlowSDE(SDE):
 
     @classmethod
     def from_samples(cls, data: Tensor, sigma: Union[float, Callable], *,
-                     q_bandwidth: Union[float, Callable, None] = None, **kw) -> "DiffFlowSDE":
+                     q_bandwidth: Union[float, Callable, None] = None, group=None, **kw) -> "DiffFlowSDE":
         """Both scores in closed form: the data's convolved with N(0, σ(t)² I), the particles' with
         N(0, s(t)² I), s = ``q_bandwidth`` (default σ(t)). A smaller s brings the generated score
-        closer to the particles' own law, where the marginals do not depend on the noise (see above)."""
+        closer to the particles' own law, where the marginals do not depend on the noise (see above).
+        ``group``: particles and data sharded over a torch.distributed group (the scores are then
+        ``gpflow_kernels.distributed.kde_score`` over all ranks; pair with ``ShardedBrownian``)."""
         sig = _schedule(sigma)
         qsig = sig if q_bandwidth is None else _schedule(q_bandwidth)
-        data_score = lambda t, x: gk.kde_score(x, data, bandwidth=float(sig(t)))
-        gen_score = lambda t, x: gk.kde_score(x, x.detach(), bandwidth=float(qsig(t)))
+        ops = _ops(group)
+        data_score = lambda t, x: ops.kde_score(x, data, bandwidth=float(sig(t)))
+        gen_score = lambda t, x: ops.kde_score(x, x.detach(), bandwidth=float(qsig(t)))
         if "mix" in kw:
             return cls.mixed(data_score, gen_score, **kw)
         if "w_p" in kw or "w_q" in kw:

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 import gpflow_kernels as gk
+import solvers
 from gpflow_kernels import distributed as gd
 
 
@@ -109,6 +110,38 @@ def svgd_case(rank, *, N, D, xs, **kw):
     return compare(of, ol, [(xf, xl, xs), (sf, sl, xs)], rank, xs)
 
 
+def flow_case(kind, rank, *, N=50, M=40, xs=(20, 30), ys=(25, 15), seed=7):
+    """The same flow, seed and grid on one process (full sets) and sharded over 2 ranks."""
+    world = dist.group.WORLD
+    data = torch.randn(M, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 0.5 + 1.0
+    ts = torch.linspace(0.0, 0.5, 11, dtype=torch.float64)
+
+    def run(group, start, n, y):
+        normals = solvers.ParticleNormals(seed, start, dtype=torch.float64)
+        x0 = normals.draw((0,), n, 2)
+        if kind == "mmd":
+            field = solvers.MMDFlow(y, bandwidth=[0.5, 2.0], noise_level=lambda t: 0.3 * (1 - float(t)),
+                                    normals=normals, group=group)
+            return solvers.odeint(field, x0, ts, method="heun", save="last")
+        if kind == "svgd":
+            field = solvers.SteinFlow(lambda z: -(z - 1.0), group=group)
+            return solvers.odeint(field, x0, ts, method="rk4", save="last")
+        if kind == "logratio":
+            return solvers.odeint(solvers.LogRatioField(y, 0.4, group=group), x0, ts, method="euler", save="last")
+        bm = solvers.ShardedBrownian(seed, n, 2, start=start, dtype=torch.float64)
+        if kind == "diffflow":
+            sde = solvers.DiffFlowSDE.from_samples(y, 0.5, mix=0.5, group=group)
+        else:  # langevin: no interaction, no group
+            sde = solvers.LangevinFlow(lambda z: -(z - 1.0) / 0.25)
+        return solvers.sdeint(sde, x0, ts, method="euler_maruyama", bm=bm, save="last")
+
+    full = run(None, 0, N, data)
+    start = solvers.global_offset(xs[rank], world)
+    assert start == sum(xs[:rank])
+    local = run(world, start, xs[rank], split(data, list(ys), rank))
+    return [float((split(full, list(xs), rank) - local).abs().max()), float(full.abs().max())]
+
+
 def error_case(fn):
     try:
         fn()
@@ -146,6 +179,8 @@ def cases(rank):
                                                               ys=two(7, 0), bandwidth="median")
     out["svgd_median"] = lambda: svgd_case(rank, N=11, D=2, xs=two(6, 5))
     out["svgd_fixed_imq"] = lambda: svgd_case(rank, N=10, D=3, xs=two(1, 9), kernel="imq", bandwidth=1.0)
+    for kind in ("mmd", "svgd", "logratio", "diffflow", "langevin"):
+        out[f"flow_{kind}"] = lambda kind=kind: flow_case(kind, rank)
     # disagreements and bad input: every rank must raise, none may hang
     out["err_dimension"] = lambda: error_case(lambda: gd.mmd_field(torch.randn(4, 2 + rank), torch.randn(3, 2 + rank)))
     out["err_kernel"] = lambda: error_case(lambda: gd.mmd2(torch.randn(4, 2), torch.randn(3, 2),

@@ -46,6 +46,8 @@ NUMERIC = {
     "kde_score_2d_small_sigma": 1e-11, "kde_score_12d_flash": 1e-12, "kde_denoiser_empty_x_shard": 1e-12,
     "kde_denoiser_empty_y_shard_16d": 1e-12, "svgd_median": 1e-12, "svgd_fixed_imq": 1e-12,
     "after_errors_still_works": 1e-12,
+    # sharded particle systems: same seed, same particles as one process
+    "flow_mmd": 1e-11, "flow_svgd": 1e-11, "flow_logratio": 1e-11, "flow_diffflow": 1e-11, "flow_langevin": 1e-12,
 }
 
 
