@@ -129,6 +129,9 @@ def _checked_compare(args) -> List[str]:
 
 
 def _fail(code: int, text: str) -> int:
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
+    if rank is not None and world not in ("", "1"):  # under torchrun: say which rank failed
+        text = f"[rank {rank}/{world}] {text}"
     sys.stderr.write(f"gpflow: {text}\n")
     sys.stderr.flush()
     return code
@@ -153,17 +156,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         with DeferredSignals() as sig:  # signals are acted on at safe points only (see methods/signals.py)
             import torch
 
+            from .methods import parallel
             from .methods.runner import compare, run_method
 
             if sig.signum is not None:
                 raise KeyboardInterrupt
             if args.threads is not None:
                 torch.set_num_threads(args.threads)
+            # Under torchrun: join the process group (gloo on CPUs, NCCL and cuda:LOCAL_RANK on GPUs).
+            par, device = parallel.from_env(args.device)
             if args.command == "compare":
-                compare(args.data, args.out, methods=names, steps=args.steps, seed=args.seed, device=args.device,
+                compare(args.data, args.out, methods=names, steps=args.steps, seed=args.seed, device=device,
                         progress=not args.quiet)
             else:
-                run_method(args.method, args.data, args.out, **kwargs)
+                run_method(args.method, args.data, args.out, **{**kwargs, "device": device}, parallel=par)
+            parallel.close(ok=True)
         return 0
     except (RunError, OptionError) as e:
         if debug:
@@ -185,6 +192,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if debug:
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and any(k in first for k in ("gloo", "NCCL", "Connection")):
+            return _fail(1, "error: another rank stopped answering (it failed or was killed: its own error line and "
+                            f"torchrun's summary say which): {first[:200]}")
         return _fail(1, f"error: {type(e).__name__}: {first[:300]} (internal error; rerun with --debug for the traceback)")
 
 

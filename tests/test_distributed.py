@@ -89,3 +89,52 @@ def test_a_rank_that_dies_does_not_hang_the_others(tmp_path):
     assert proc.returncode != 0
     assert "rank 1 fails on purpose" in proc.stderr
     assert time.perf_counter() - t0 < 90
+
+
+# ----- the command line under torchrun -------------------------------------------------------
+
+def _gpflow(args, nproc=None):
+    base = [sys.executable, "-m"] + (["torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m"]
+                                     if nproc else [])
+    return subprocess.run(base + ["gpflow_kernels", "run", *args, "--no-plots", "--threads", "1", "--quiet"],
+                          capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
+
+
+def test_torchrun_flow_gives_the_single_process_metrics(tmp_path):
+    args = ["mmd-flow", "--data", "8gaussians", "--samples", "600", "--set", "sample_steps=40", "--set", "n_data=500"]
+    one = _gpflow(args + ["--out", tmp_path / "one"])
+    two = _gpflow(args + ["--out", tmp_path / "two"], nproc=2)
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    for key in ("init", "final"):
+        for name, v in a[key].items():
+            assert abs(b[key][name] - v) <= 1e-5 * max(1.0, abs(v)), (key, name, v, b[key][name])
+    # only rank 0 printed its summary line
+    assert two.stdout.count("wrote") == 1, two.stdout
+
+
+def test_torchrun_trained_method_resumes_exactly(tmp_path):
+    import torch
+
+    args = ["gan", "--data", "8gaussians", "--samples", "200", "--ckpt-every", "5"]
+    full = _gpflow(args + ["--out", tmp_path / "full", "--set", "steps=12"], nproc=2)
+    assert full.returncode == 0, full.stderr[-2000:]
+    part = _gpflow(args + ["--out", tmp_path / "cut", "--set", "steps=6"], nproc=2)
+    assert part.returncode == 0, part.stderr[-2000:]
+    res = _gpflow(args + ["--out", tmp_path / "cut", "--set", "steps=12", "--resume"], nproc=2)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "cut" / "metrics.json").read_text())
+    assert a["final"] == b["final"]
+    ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    cb = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert ca["world"] == cb["world"] == 2 and len(cb["rng_ranks"]) == 2
+    for key, params in ca["state"].items():
+        if key.startswith("module."):
+            for name, t in params.items():
+                assert torch.equal(t, cb["state"][key][name]), (key, name)
+    # a checkpoint of 2 ranks is not resumed by 1 process
+    one = _gpflow(args + ["--out", tmp_path / "cut", "--set", "steps=20", "--resume"])
+    assert one.returncode == 2 and "written by 2 rank(s), this run has 1" in one.stderr, one.stderr

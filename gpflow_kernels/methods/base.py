@@ -24,6 +24,7 @@ from torch import nn
 
 from .data import Dataset
 from .options import Options
+from .parallel import SINGLE
 
 Tensor = torch.Tensor
 
@@ -40,6 +41,9 @@ class Sample:
 class Method:
     name = ""
     kind = ""        # "PM", "Int-PM" or "flow"
+    #: True when ``sample`` draws its randomness per global particle (the same generator on every
+    #: rank gives the same particles on any number of ranks); else each rank gets its own generator.
+    sharded_sampling = False
     paper = ""
     summary = ""
     Options = Options
@@ -49,6 +53,10 @@ class Method:
         self.x_train = data.train.to(self.device)
         self.dim = data.dim
         self.losses: Dict[str, float] = {}
+        # Under torchrun the runner sets ``par`` (the ranks) and ``batch_pool`` (this rank's shard of
+        # the training set, where minibatches come from); ``x_train`` stays the whole set.
+        self.par = SINGLE
+        self.batch_pool = self.x_train
 
     # ----- settings ---------------------------------------------------------------------------
     @classmethod
@@ -62,9 +70,10 @@ class Method:
 
     # ----- work -------------------------------------------------------------------------------
     def batch(self, n: Optional[int] = None) -> Tensor:
-        """A minibatch of training data (with replacement), drawn from the global generator."""
+        """A minibatch of training data (with replacement, from this rank's shard under torchrun),
+        drawn from the global generator."""
         n = getattr(self.opts, "batch", 256) if n is None else n
-        return self.x_train[torch.randint(0, len(self.x_train), (n,), device=self.device)]
+        return self.batch_pool[torch.randint(0, len(self.batch_pool), (n,), device=self.device)]
 
     def train_step(self, step: int) -> Dict[str, float]:
         return {}
@@ -108,3 +117,12 @@ def step_on(opt: torch.optim.Optimizer, loss: Tensor) -> float:
 def solver_sample(out: Tensor, nfe: int, trajectory: bool) -> Sample:
     """A Sample from a solver's output: the path (T, n, D) when ``trajectory``, else the final state."""
     return Sample(out[-1] if trajectory else out, nfe, out if trajectory else None)
+
+
+def particle_normals(m: "Method", n: int, generator) -> "solvers.ParticleNormals":
+    """Normals per global particle for this rank's n particles: the seed comes from ``generator``
+    (the same draw on every rank), the offset from the ranks' particle counts."""
+    import solvers  # layer 2
+
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return solvers.ParticleNormals(seed, m.par.offset(n), device=m.device)

@@ -27,7 +27,7 @@ import torch
 import solvers
 
 from ..ops import kde_score
-from .base import solver_sample
+from .base import particle_normals, solver_sample
 from .edm import DenoiserMethod
 from .options import DiffFlowOptions
 
@@ -38,6 +38,7 @@ class DiffFlow(DenoiserMethod):
     paper = "Zhang et al. 2023"
     summary = "one SDE between diffusion (mix=1) and GAN-like flow (mix=0); scores in closed form or a net"
     Options = DiffFlowOptions
+    sharded_sampling = True
 
     @property
     def total_steps(self):
@@ -56,13 +57,24 @@ class DiffFlow(DenoiserMethod):
     def sde(self) -> solvers.DiffFlowSDE:
         o = self.opts
         q_bw = (lambda t: o.q_bandwidth) if o.q_bandwidth > 0 else self.sigma
-        gen_score = lambda t, x: kde_score(x, x, bandwidth=q_bw(t))
+        if self.par.world > 1:  # the generated score is over all ranks' particles
+            from .. import distributed
+
+            gen_score = lambda t, x: distributed.kde_score(x, x, bandwidth=q_bw(t), group=self.par.group)
+        else:
+            gen_score = lambda t, x: kde_score(x, x, bandwidth=q_bw(t))
         return solvers.DiffFlowSDE.mixed(self.data_score, gen_score, beta=lambda t: o.beta * self.sigma(t) ** 2, mix=o.mix)
+
+    def prior(self, n, generator, scale=1.0):
+        return scale * particle_normals(self, n, generator).draw((0,), n, self.dim)
 
     @torch.no_grad()
     def sample(self, n, generator, trajectory=False):
         o = self.opts
-        x0 = self.prior(n, generator, math.sqrt(self.net.sigma_data**2 + o.sigma_max**2))
+        # Starting particles and noise drawn per global particle: the same on any number of ranks.
+        normals = particle_normals(self, n, generator)
+        x0 = math.sqrt(self.net.sigma_data**2 + o.sigma_max**2) * normals.draw((0,), n, self.dim)
         ts = torch.linspace(0.0, 1.0, o.sample_steps + 1, device=self.device)
-        out = solvers.sdeint(self.sde(), x0, ts, generator=generator, save="all" if trajectory else "last")
+        bm = solvers.ShardedBrownian(normals.seed, n, self.dim, start=normals.start, device=self.device)
+        out = solvers.sdeint(self.sde(), x0, ts, bm=bm, save="all" if trajectory else "last")
         return solver_sample(out, o.sample_steps, trajectory)

@@ -15,23 +15,35 @@ from torch import nn
 from ..ops import median_bandwidth, mmd2
 from .data import Dataset
 from .nets import mlp
+from .parallel import Parallel
 
 Tensor = torch.Tensor
 MMD_SCALES = (0.25, 0.5, 1.0, 2.0)
 
 
-def mmd2_metric(x: Tensor, y: Tensor) -> float:
+def mmd2_metric(x: Tensor, y: Tensor, par: Optional[Parallel] = None) -> float:
     """Unbiased MMD² with a sum of Gaussian kernels at (¼, ½, 1, 2) × the median distance of y.
 
     The bandwidths depend on the held-out data only, so values are comparable across methods.
+    With ``par`` (several ranks) x is this rank's shard of the samples and y the whole held-out
+    set; the value is the sharded op's, over all ranks' samples (y is split over the ranks).
     """
     bw = float(median_bandwidth(y)) * torch.tensor(MMD_SCALES, dtype=torch.float64)
-    return float(mmd2(x.double(), y.double(), bandwidth=bw, unbiased=True))
+    return _mmd2(x, y, par, bandwidth=bw, unbiased=True)
 
 
-def energy_distance(x: Tensor, y: Tensor) -> float:
+def energy_distance(x: Tensor, y: Tensor, par: Optional[Parallel] = None) -> float:
     """Squared energy distance 2E|x − y| − E|x − x'| − E|y − y'| (V-statistic): MMD² with k = −|x − y|."""
-    return float(mmd2(x.double(), y.double(), kernel="energy"))
+    return _mmd2(x, y, par, kernel="energy")
+
+
+def _mmd2(x: Tensor, y: Tensor, par: Optional[Parallel], **kw) -> float:
+    if par is None or par.world == 1:
+        return float(mmd2(x.double(), y.double(), **kw))
+    from .. import distributed
+
+    y_local = y[slice(*par.shard(len(y)))]
+    return float(distributed.mmd2(x.double(), y_local.double(), group=par.group, **kw))
 
 
 def frechet_distance(fx: Tensor, fy: Tensor) -> float:
@@ -115,16 +127,24 @@ def class_coverage(labels: Tensor, n_classes: int = 10, min_share: float = 0.5) 
     return float((share >= min_share / n_classes).double().mean())
 
 
-def evaluate(x: Tensor, data: Dataset, classifier: Optional[DigitsClassifier] = None) -> Dict[str, float]:
-    """The metrics of the data set's kind: MMD² and energy distance (2-D); MMD², Fréchet distance and coverage (digits)."""
-    x = x.detach().float().cpu()
-    if not bool(torch.isfinite(x).all()):
+def evaluate(x: Tensor, data: Dataset, classifier: Optional[DigitsClassifier] = None,
+             par: Optional[Parallel] = None) -> Dict[str, float]:
+    """The metrics of the data set's kind: MMD² and energy distance (2-D); MMD², Fréchet distance and coverage (digits).
+
+    Under torchrun (``par``), x is this rank's shard of the samples; every rank gets the metrics of
+    all ranks' samples (MMD² and energy from the sharded ops, the classifier metrics from all samples).
+    """
+    x = x.detach().float()
+    sharded = par is not None and par.world > 1
+    if (par.any(not bool(torch.isfinite(x).all())) if sharded else not bool(torch.isfinite(x).all())):
         raise ValueError("samples contain non-finite values; cannot compute metrics")
-    y = data.test.cpu()
-    out = {"mmd2": mmd2_metric(x, y)}
+    y = data.test.to(x.device) if sharded else data.test.cpu()
+    x = x if sharded else x.cpu()
+    out = {"mmd2": mmd2_metric(x, y, par)}
     if not data.is_image:
-        out["energy"] = energy_distance(x, y)
+        out["energy"] = energy_distance(x, y, par)
         return out
+    x, y = (par.gather_rows(x).cpu(), y.cpu()) if sharded else (x, y)
     clf = classifier if classifier is not None else digits_classifier(data)
     with torch.no_grad():
         xc = x.clamp(-1, 1)

@@ -111,3 +111,10 @@ class OutDir:
             return f"nothing was written to {self.path}"
         return (f"its last good checkpoint (step {step}) is in {self.path / CHECKPOINT}: --resume continues from it, "
                 "--overwrite starts over")
+
+
+class NoWrites(OutDir):
+    """The output folder as seen by torchrun ranks other than 0: only rank 0 writes."""
+
+    def write(self, name: str, writer: Callable[[Path], None]) -> Path:
+        return self.path / name

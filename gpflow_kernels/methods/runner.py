@@ -32,7 +32,8 @@ from . import get_method
 from .data import Dataset, load
 from .metrics import digits_classifier, evaluate
 from .options import COMPARE_DEFAULT
-from .outdir import CHECKPOINT, Interrupted, OutDir, RunError, RunFailed, check
+from .outdir import CHECKPOINT, Interrupted, NoWrites, OutDir, RunError, RunFailed, check
+from .parallel import SINGLE, Parallel, rank_seed, wrap_networks
 from .progress import Progress
 from .signals import DeferredSignals
 
@@ -65,6 +66,15 @@ def resolve_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise RunError(f"--device {device!r}: only cpu and cuda are supported")
     return dev
+
+
+def _my_rng(ck: Dict[str, Any], par: Parallel, out: Path) -> Dict[str, Any]:
+    """This rank's random state from a checkpoint written by the same number of ranks."""
+    world = ck.get("world", 1)
+    if world != par.world:
+        raise RunError(f"--resume: {out / CHECKPOINT} was written by {world} rank(s), this run has {par.world}; "
+                       f"resume with --nproc-per-node {world} (or without torchrun for 1), or --overwrite")
+    return ck["rng_ranks"][par.rank] if par.world > 1 else ck["rng"]
 
 
 def _load_checkpoint(path: Path, dev: torch.device, record: Dict[str, Any], total: int) -> Dict[str, Any]:
@@ -104,24 +114,34 @@ def _finite_stats(stats: Dict[str, float], step: int, dirs: OutDir, last_ckpt: O
 def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]] = None, seed: int = 0,
                device: str = "cpu", resume: bool = False, overwrite: bool = False, n_samples: Optional[int] = None,
                ckpt_every: int = 500, plots: bool = True, progress: bool = True,
-               stop_after: Optional[int] = None, log: Callable[[str], None] = print) -> Dict[str, Any]:
+               stop_after: Optional[int] = None, log: Callable[[str], None] = print,
+               parallel: Optional[Parallel] = None) -> Dict[str, Any]:
     """Train (if the method trains), sample and measure ``method`` on the data set ``data``.
 
     options: method options (see ``gpflow methods``); n_samples: samples drawn for the metrics and
     figures (default 1000 for 2-D, 500 for digits); resume: continue the run in ``out`` from its
     checkpoint; overwrite: start over in a folder that holds a run; stop_after: stop training
     after this many steps in this call (a checkpoint is written; used to test resuming).
-    Returns the metrics dictionary that is also written to ``out/metrics.json``.
+    parallel: the ranks of a torchrun job (``parallel.from_env``; default: the initialised default
+    process group, if any, else one process); see ``methods/parallel.py`` for what each rank does.
+    Returns the metrics dictionary that is also written to ``out/metrics.json`` (by rank 0).
 
     Raises RunError (the run cannot start as asked; nothing written), RunFailed (it failed while
     running; the message says which checkpoint is left) or Interrupted (a signal stopped it). A
     first SIGINT/SIGTERM is acted on at the next safe point (between start-up stages, at a training
     step boundary, before the results are written; see ``signals.py``), a second one at once.
     """
+    if parallel is None:
+        parallel = SINGLE
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            group = torch.distributed.group.WORLD
+            parallel = Parallel(group, torch.distributed.get_rank(), torch.distributed.get_world_size())
+    if not parallel.main:
+        log, progress = (lambda _: None), False
     with DeferredSignals() as sig:
         return _run(sig, method, data, out, options=options, seed=seed, device=device, resume=resume,
-                    overwrite=overwrite, n_samples=n_samples, ckpt_every=ckpt_every, plots=plots,
-                    progress=progress, stop_after=stop_after, log=log)
+                    overwrite=overwrite, n_samples=n_samples, ckpt_every=ckpt_every, plots=plots and parallel.main,
+                    progress=progress, stop_after=stop_after, log=log, par=parallel)
 
 
 def _startup_check(sig: DeferredSignals) -> None:
@@ -130,7 +150,7 @@ def _startup_check(sig: DeferredSignals) -> None:
 
 
 def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_samples, ckpt_every, plots,
-         progress, stop_after, log) -> Dict[str, Any]:
+         progress, stop_after, log, par: Parallel) -> Dict[str, Any]:
     cls = get_method(method)
     out = check(out, resume=resume, overwrite=overwrite)
     for name, v, low in (("ckpt_every", ckpt_every, 1), ("seed", seed, 0)):
@@ -150,11 +170,21 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     ds = ds.to(dev)
     torch.manual_seed(seed)
     m = cls(ds, opts, dev)
+    m.par = par
+    if par.world > 1:
+        m.batch_pool = m.x_train[slice(*par.shard(len(m.x_train)))]
+        wrap_networks(m, par, dev)
+        if not par.main:  # rank 0 keeps the run's stream: one rank is the single-process run
+            torch.manual_seed(rank_seed(seed, par.rank))
+    n_local = par.shard(n)[1] - par.shard(n)[0]
     classifier = digits_classifier(ds) if ds.is_image else None
     _startup_check(sig)
-    sample_gen = lambda: torch.Generator(device=dev).manual_seed(seed + 1)
+    # Methods that sample per global particle use one generator on every rank; the others a
+    # stream per rank, so that the ranks' samples are independent.
+    gen_seed = seed + 1 if (m.sharded_sampling or par.main) else rank_seed(seed + 1, par.rank)
+    sample_gen = lambda: torch.Generator(device=dev).manual_seed(gen_seed)
     record = {"format": FORMAT, "method": method, "data": data, "seed": seed, "options": dataclasses.asdict(opts)}
-    dirs = OutDir(out, overwrite=overwrite)
+    dirs = OutDir(out, overwrite=overwrite) if par.main else NoWrites(out)
     total = m.total_steps
     step, history, snapshots = 0, [], []
     init_metrics = None
@@ -166,7 +196,7 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         except (KeyError, RuntimeError, ValueError) as e:
             raise RunError(f"--resume: {out / CHECKPOINT} does not fit this method's networks ({str(e)[:200]}); "
                            "--overwrite starts the run over") from None
-        _set_rng_state(ck["rng"], dev)
+        _set_rng_state(_my_rng(ck, par, out), dev)
         step, history, snapshots, init_metrics = ck["step"], ck["history"], ck["snapshots"], ck["init_metrics"]
         last_ckpt = step
         log(f"resuming {method} on {data} from step {step}")
@@ -174,16 +204,18 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         # The untrained method (or, for flows, the starting particles) is the baseline to improve on.
         rng = _rng_state(dev)
         if total == 0:  # training-free: the starting particles
-            x_init = m.prior(n, sample_gen())
+            x_init = m.prior(n_local, sample_gen())
         else:
-            x_init = m.sample(n, sample_gen()).x
-        init_metrics = evaluate(x_init, ds, classifier)
+            x_init = m.sample(n_local, sample_gen()).x
+        init_metrics = evaluate(x_init, ds, classifier, par)
         _set_rng_state(rng, dev)
     _startup_check(sig)
 
     def checkpoint():
         state = {**record, "step": step, "state": m.state_dict(), "rng": _rng_state(dev), "history": history,
-                 "snapshots": snapshots, "init_metrics": init_metrics}
+                 "snapshots": snapshots, "init_metrics": init_metrics, "world": par.world}
+        if par.world > 1:  # every rank's stream, so that --resume continues each exactly (a collective)
+            state["rng_ranks"] = par.gather_objects(_rng_state(dev))
         try:
             dirs.write(CHECKPOINT, lambda p: torch.save(state, p))
         except OSError as e:  # disk full, folder removed or made read-only while running
@@ -197,7 +229,7 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     import solvers  # the particle solvers' error type (layer 3 may import them)
 
     try:
-        while step < total and sig.signum is None and not (stop_after is not None and step >= stop_after):
+        while step < total and not par.any(sig.signum is not None) and not (stop_after is not None and step >= stop_after):
             stats = m.train_step(step)
             _finite_stats(stats, step + 1, dirs, last_ckpt)
             step += 1
@@ -205,7 +237,7 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
                 history.append({"step": step, **stats, "seconds": train_seconds + time.perf_counter() - t0})
             if m.kind == "Int-PM" and (step % snap_every == 0 or step == total):
                 with torch.no_grad():
-                    snapshots.append(m.sample(min(n, 256), torch.Generator(device=dev).manual_seed(seed + 2)).x.cpu())
+                    snapshots.append(m.sample(min(n_local, 256), torch.Generator(device=dev).manual_seed(seed + 2)).x.cpu())
             bar.update(step, stats)
             if step % ckpt_every == 0:
                 checkpoint()
@@ -224,14 +256,15 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     if total > 0 and last_ckpt != step:
         checkpoint()
         last_ckpt = step
-    if sig.signum is not None:
+    if par.any(sig.signum is not None):
         raise Interrupted(f"interrupted at step {step}/{total}: checkpoint saved in {out / CHECKPOINT}; "
                           "--resume continues the run exactly")
     if stop_after is not None and step < total:
         return {"stopped_at": step}
     try:
-        return _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, total, train_seconds,
-                       history, snapshots, init_metrics, checkpoint if total == 0 else None, plots, opts, log, sig)
+        return _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, n_local, total,
+                       train_seconds, history, snapshots, init_metrics, checkpoint if total == 0 else None, plots, opts,
+                       log, sig, par)
     except solvers.NonFiniteError as e:
         raise RunFailed(f"sampling failed: {e}; smaller step sizes (options step_size, eps, eta, guidance, "
                         f"sample_steps) keep particles finite; {dirs.describe_checkpoint(last_ckpt)}") from None
@@ -248,38 +281,42 @@ class _SignalledBeforeWrite(Exception):
     """A signal arrived while sampling; raised before the results are written."""
 
 
-def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, total, train_seconds, history,
-            snapshots, init_metrics, checkpoint, plots, opts, log, sig) -> Dict[str, Any]:
+def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, n_local, total, train_seconds,
+            history, snapshots, init_metrics, checkpoint, plots, opts, log, sig, par) -> Dict[str, Any]:
     """Sample, measure and write the results (every file whole, metrics.json last)."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     t1 = time.perf_counter()
-    smp = m.sample(n, sample_gen(), trajectory=m.kind != "Int-PM")
+    smp = m.sample(n_local, sample_gen(), trajectory=m.kind != "Int-PM" and plots)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     sample_seconds = time.perf_counter() - t1
-    if not bool(torch.isfinite(smp.x).all()):
+    if par.any(not bool(torch.isfinite(smp.x).all())):
         raise RunFailed("the samples hold NaN or infinite values although training stayed finite; "
                         "lower lr or the step sizes")
-    final = evaluate(smp.x, ds, classifier)
+    final = evaluate(smp.x, ds, classifier, par)
     metrics = {"method": method, "data": data, "kind": m.kind, "paper": cls.paper, "seed": record["seed"],
                "options": record["options"], "train_steps": total, "train_seconds": round(train_seconds, 3),
                "n_samples": n, "nfe": smp.nfe, "sample_seconds": round(sample_seconds, 4),
                "init": init_metrics, "final": final, "history": history}
     if method == "mmd-guidance" and opts.guidance:
-        metrics["unguided"] = evaluate(m.sample(n, sample_gen(), guidance=0.0).x, ds, classifier)
+        metrics["unguided"] = evaluate(m.sample(n_local, sample_gen(), guidance=0.0).x, ds, classifier, par)
     figures: Dict[str, bytes] = {}
+    x_all = par.gather_rows(smp.x) if par.world > 1 else smp.x
+    path_all = smp.path
+    if par.world > 1 and smp.path is not None:
+        path_all = par.gather_rows(smp.path.transpose(0, 1)).transpose(0, 1)
     if plots:
         from .plots import samples_png, trajectory_png
 
         title = f"{method} on {data}: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items())
-        figures["samples.png"] = _png(samples_png, smp.x, ds, title)
+        figures["samples.png"] = _png(samples_png, x_all, ds, title)
         if m.kind == "Int-PM":
             traj, label = torch.stack(snapshots), "training step"
         else:
-            traj, label = smp.path, "integration time"
+            traj, label = path_all, "integration time"
         figures["trajectory.png"] = _png(trajectory_png, traj, ds, f"{method}: particle trajectories", label)
-    if sig.signum is not None:  # the last safe point: nothing of the results is written yet
+    if par.any(sig.signum is not None):  # the last safe point: nothing of the results is written yet
         raise _SignalledBeforeWrite
     if checkpoint is not None:  # training-free runs write their (step 0) checkpoint with the results
         checkpoint()
@@ -310,7 +347,10 @@ def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = N
     out = check(out)
     for name in methods:
         get_method(name)
-    dirs = OutDir(out)
+    main = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    if not main:  # under torchrun only rank 0 writes and prints
+        log, progress = (lambda _: None), False
+    dirs = OutDir(out) if main else NoWrites(out)
     rows = []
     for name in methods:
         cls = get_method(name)

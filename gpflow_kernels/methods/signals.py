@@ -15,18 +15,29 @@ outer scope is seen by the inner one; the flag is cleared when the outermost sco
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from typing import Dict, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_state: Dict[str, object] = {"signum": None, "depth": 0, "old": {}}
+_state: Dict[str, object] = {"signum": None, "at": 0.0, "depth": 0, "old": {}}
+
+
+#: Under torchrun a Ctrl-C reaches each rank twice: from the terminal and forwarded by torchrun's
+#: agent. A repeat within this many seconds is that echo, not the user insisting.
+ECHO_S = 2.0
 
 
 def _handle(signum, frame):
+    now = time.monotonic()
     if _state["signum"] is not None:
+        launched = os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+        if launched and now - _state["at"] < ECHO_S:
+            return
         raise KeyboardInterrupt
-    _state["signum"] = signum
+    _state["signum"], _state["at"] = signum, now
 
 
 class DeferredSignals:
