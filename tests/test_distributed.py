@@ -93,17 +93,18 @@ def test_a_rank_that_dies_does_not_hang_the_others(tmp_path):
 
 # ----- the command line under torchrun -------------------------------------------------------
 
-def _gpflow(args, nproc=None):
+def _gpflow(args, nproc=None, plots=False):
     base = [sys.executable, "-m"] + (["torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m"]
                                      if nproc else [])
-    return subprocess.run(base + ["gpflow_kernels", "run", *args, "--no-plots", "--threads", "1", "--quiet"],
+    return subprocess.run(base + ["gpflow_kernels", "run", *args, "--threads", "1", "--quiet"]
+                          + ([] if plots else ["--no-plots"]),
                           capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
 
 
 def test_torchrun_flow_gives_the_single_process_metrics(tmp_path):
     args = ["mmd-flow", "--data", "8gaussians", "--samples", "600", "--set", "sample_steps=40", "--set", "n_data=500"]
     one = _gpflow(args + ["--out", tmp_path / "one"])
-    two = _gpflow(args + ["--out", tmp_path / "two"], nproc=2)
+    two = _gpflow(args + ["--out", tmp_path / "two"], nproc=2, plots=True)  # figures gather every rank's particles
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
     a = json.loads((tmp_path / "one" / "metrics.json").read_text())
@@ -111,8 +112,9 @@ def test_torchrun_flow_gives_the_single_process_metrics(tmp_path):
     for key in ("init", "final"):
         for name, v in a[key].items():
             assert abs(b[key][name] - v) <= 1e-5 * max(1.0, abs(v)), (key, name, v, b[key][name])
-    # only rank 0 printed its summary line
+    # only rank 0 printed its summary line and wrote the figures
     assert two.stdout.count("wrote") == 1, two.stdout
+    assert (tmp_path / "two" / "samples.png").exists() and (tmp_path / "two" / "trajectory.png").exists()
 
 
 def test_torchrun_trained_method_resumes_exactly(tmp_path):

@@ -117,6 +117,12 @@ class MMDGuidance(Method):
         o = self.opts
         y = ref + sigma * torch.randn(ref.shape, generator=generator, device=ref.device)
         bw = math.sqrt(o.bandwidth**2 + sigma**2) if o.scale_bandwidth else o.bandwidth
+        if self.par.world > 1:
+            # Under torchrun the particles are split over the ranks: the witness is between all of
+            # them and the union of the ranks' reference draws (the sharded op).
+            from .. import distributed
+
+            return distributed.mmd_field(x, y, kernel=o.kernel, bandwidth=bw, group=self.par.group)
         return mmd_field(x, y, kernel=o.kernel, bandwidth=bw)
 
     @torch.no_grad()

@@ -140,7 +140,7 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
         log, progress = (lambda _: None), False
     with DeferredSignals() as sig:
         return _run(sig, method, data, out, options=options, seed=seed, device=device, resume=resume,
-                    overwrite=overwrite, n_samples=n_samples, ckpt_every=ckpt_every, plots=plots and parallel.main,
+                    overwrite=overwrite, n_samples=n_samples, ckpt_every=ckpt_every, plots=plots,
                     progress=progress, stop_after=stop_after, log=log, par=parallel)
 
 
@@ -157,7 +157,7 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise RunError(f"{name} must be an integer >= {low}, got {v!r}")
     dev = resolve_device(device)
-    if plots:
+    if plots and par.main:
         from .plots import pyplot
 
         pyplot()  # fail before training, not after, when matplotlib is missing
@@ -302,11 +302,13 @@ def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen,
     if method == "mmd-guidance" and opts.guidance:
         metrics["unguided"] = evaluate(m.sample(n_local, sample_gen(), guidance=0.0).x, ds, classifier, par)
     figures: Dict[str, bytes] = {}
-    x_all = par.gather_rows(smp.x) if par.world > 1 else smp.x
+    # Every rank takes part in the gathers (collectives); only rank 0 draws. ``plots`` is the same
+    # on every rank, so is whether a path was kept.
+    x_all = par.gather_rows(smp.x) if par.world > 1 and plots else smp.x
     path_all = smp.path
     if par.world > 1 and smp.path is not None:
         path_all = par.gather_rows(smp.path.transpose(0, 1)).transpose(0, 1)
-    if plots:
+    if plots and par.main:
         from .plots import samples_png, trajectory_png
 
         title = f"{method} on {data}: " + ", ".join(f"{k} {v:.4g}" for k, v in final.items())
