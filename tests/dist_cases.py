@@ -177,6 +177,15 @@ def cases(rank):
                                                           ys=two(4, 5), bandwidth=0.5, batch=(2,))
     out["kde_denoiser_empty_y_shard_16d"] = lambda: pair_case("kde_denoiser", rank, N=5, M=7, D=16, xs=two(2, 3),
                                                               ys=two(7, 0), bandwidth="median")
+    # the Triton kernels (interpreted on the CPU; TRITON_INTERPRET=1 in the environment): their lse is
+    # in base 2 and exact up to D = 16, flash form above
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        out["triton_kde_score_3d"] = lambda: pair_case("kde_score", rank, N=6, M=7, D=3, xs=two(2, 4), ys=two(4, 3),
+                                                       bandwidth=0.3, backend="triton")
+        out["triton_kde_denoiser_20d"] = lambda: pair_case("kde_denoiser", rank, N=5, M=6, D=20, xs=two(3, 2),
+                                                           ys=two(2, 4), bandwidth=1.5, backend="triton")
+        out["triton_mmd_field"] = lambda: pair_case("mmd_field", rank, N=6, M=5, xs=two(4, 2), ys=two(1, 4),
+                                                    bandwidth=0.7, backend="triton")
     out["svgd_median"] = lambda: svgd_case(rank, N=11, D=2, xs=two(6, 5))
     out["svgd_fixed_imq"] = lambda: svgd_case(rank, N=10, D=3, xs=two(1, 9), kernel="imq", bandwidth=1.0)
     for kind in ("mmd", "svgd", "logratio", "diffflow", "langevin"):
