@@ -22,7 +22,7 @@ import time
 import torch
 
 from gpflow_kernels.methods import get_method
-from gpflow_kernels.methods.data import load
+from gpflow_kernels.data import load
 from gpflow_kernels.methods.metrics import digits_classifier, evaluate
 
 GRIDS = {

@@ -2,6 +2,7 @@
 
     gpflow methods                                  list the methods and their options
     gpflow run METHOD --data NAME --out DIR         train + sample + metrics.json + PNGs + checkpoint
+    gpflow run METHOD --data points.npy --out DIR   the same on your (N, D) points (.npy .npz .pt .csv)
     gpflow run METHOD ... --resume                  continue a run from its checkpoint
     gpflow run METHOD ... --overwrite               start over in a folder that holds a run
     gpflow compare --data NAME --out DIR            several methods, one budget, a table
@@ -21,6 +22,7 @@ import re
 import sys
 from typing import Any, Dict, List, Optional
 
+from .data import paths as data_paths
 from .methods.options import COMPARE_DEFAULT, DATA_NAMES, IMAGE_DATA, OPTIONS, OptionError
 from .methods.outdir import Interrupted, RunError, RunFailed, check
 from .methods.signals import DeferredSignals
@@ -52,7 +54,8 @@ def _methods_text() -> str:
         lines.append(f"{name:13s} {cls.kind:7s} {cls.summary}  [{cls.paper}]")
         opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Options))
         lines.append(f"{'':21s} options: {opts}")
-    lines.append(f"\ndata sets: {', '.join(DATA_NAMES)}")
+    lines.append(f"\ndata sets: {', '.join(DATA_NAMES)}; or a file of (N, D) points "
+                 f"({', '.join(data_paths.POINT_SUFFIXES)})")
     return "\n".join(lines)
 
 
@@ -68,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run several methods with one budget and write a comparison table")
     c.add_argument("--methods", default=",".join(COMPARE_DEFAULT), help="comma-separated method names")
     for q in (r, c):
-        q.add_argument("--data", required=True, help="one of: " + ", ".join(DATA_NAMES))
+        q.add_argument("--data", required=True, help="one of: " + ", ".join(DATA_NAMES)
+                       + "; or a file of (N, D) points: " + ", ".join(data_paths.POINT_SUFFIXES))
         q.add_argument("--out", required=True, help="output folder")
         q.add_argument("--steps", type=int, default=None, help="training steps (default: the method's)")
         q.add_argument("--seed", type=int, default=0)
@@ -89,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_common(args) -> None:
     """Checks shared by run and compare; no torch."""
     if args.data not in DATA_NAMES:
-        raise RunError(f"unknown data set {args.data!r}; choose one of {', '.join(DATA_NAMES)}")
+        try:
+            data_paths.check(args.data)  # a file of points: its type and that it is readable (content later)
+        except ValueError as e:
+            raise RunError(str(e)) from None
     if args.steps is not None and args.steps < 0:
         raise RunError(f"--steps must be >= 0, got {args.steps}")
     if args.seed < 0:

@@ -7,7 +7,8 @@ import scipy.stats
 import torch
 from sklearn.metrics.pairwise import rbf_kernel
 
-from gpflow_kernels.methods import data as D
+from gpflow_kernels import data as D
+from gpflow_kernels.data import embedded as E
 from gpflow_kernels.methods import metrics as M
 
 
@@ -21,9 +22,9 @@ def test_toy_sets_are_seeded_2d_and_unit_scale(name):
 
 def test_eight_gaussians_sit_on_the_circle_and_checkerboard_on_black_squares():
     g = torch.Generator().manual_seed(0)
-    r = D.eight_gaussians(2000, g).norm(dim=1)
+    r = E.eight_gaussians(2000, g).norm(dim=1)
     assert abs(float(r.mean()) - 2.0) < 0.02
-    c = D.checkerboard(2000, g)
+    c = E.checkerboard(2000, g)
     assert float(c.abs().max()) <= 2.0
     parity = torch.floor(c + 2.0).sum(1) % 2  # cells 0..3 on each axis: one colour of the board
     assert bool((parity == parity[0]).all())
@@ -107,7 +108,7 @@ def test_torch_free_catalogues_match_the_modules():
     from gpflow_kernels.methods import METHODS, OPTIONS
     from gpflow_kernels.methods.options import DATA_NAMES, IMAGE_DATA, KERNEL_NAMES
 
-    assert set(D.TOY) | {"digits"} == set(DATA_NAMES) and IMAGE_DATA == ("digits",)
+    assert set(E.TOY) | {"digits"} == set(DATA_NAMES) and IMAGE_DATA == ("digits",)
     assert set(KERNEL_NAMES) == set(KERNELS)
     assert list(METHODS) == list(OPTIONS) and all(METHODS[m].Options is OPTIONS[m] for m in METHODS)
 

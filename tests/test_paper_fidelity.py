@@ -12,7 +12,7 @@ import torch
 from scipy import stats
 
 from gpflow_kernels.methods import get_method
-from gpflow_kernels.methods.data import load
+from gpflow_kernels.data import load
 from gpflow_kernels.methods.score_gan import warped_sigmas
 
 DATA = load("8gaussians", n_train=256, n_test=64)

@@ -39,7 +39,7 @@ _CLASSES = {
     "svgd": ("flows", "SVGDMethod"),
     "langevin": ("flows", "LangevinMethod"),
 }
-_LAZY = {"Method": "base", "Sample": "base", "Dataset": "data", "load": "data"}
+_LAZY = {"Method": ".base", "Sample": ".base", "Dataset": "gpflow_kernels.data", "load": "gpflow_kernels.data"}
 
 
 def get_method(name: str):
@@ -53,7 +53,7 @@ def __getattr__(name: str):
     if name == "METHODS":
         value: Dict[str, Type] = {m: get_method(m) for m in _CLASSES}
     elif name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .data import Dataset
+from ..data.dataset import Dataset
 from .options import Options
 from .parallel import SINGLE
 

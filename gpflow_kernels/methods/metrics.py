@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..ops import median_bandwidth, mmd2
-from .data import Dataset
+from ..data.dataset import Dataset
 from .nets import mlp
 from .parallel import Parallel
 

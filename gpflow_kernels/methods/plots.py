@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .data import Dataset
+from ..data.dataset import Dataset
 
 Tensor = torch.Tensor
 

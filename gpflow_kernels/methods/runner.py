@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from . import get_method
-from .data import Dataset, load
+from ..data import Dataset, load
 from .metrics import digits_classifier, evaluate
 from .options import COMPARE_DEFAULT
 from .outdir import CHECKPOINT, Interrupted, NoWrites, OutDir, RunError, RunFailed, check
@@ -161,7 +161,10 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         from .plots import pyplot
 
         pyplot()  # fail before training, not after, when matplotlib is missing
-    ds: Dataset = load(data, seed=seed)
+    try:
+        ds: Dataset = load(data, seed=seed)
+    except ValueError as e:  # a user's file that cannot be used: nothing is written
+        raise RunError(str(e)) from None
     _startup_check(sig)
     opts = cls.make_options(ds, dict(options or {}))
     n = (500 if ds.is_image else 1000) if n_samples is None else n_samples

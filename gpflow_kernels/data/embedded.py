@@ -1,4 +1,4 @@
-"""Embedded data sets: nothing is downloaded.
+"""The embedded data sets: nothing is downloaded.
 
 2-D sets are drawn from their generating process with a seeded generator; ``digits`` is
 scikit-learn's bundled 8×8 digits (1797 images, shipped inside scikit-learn). Every set comes
@@ -9,43 +9,14 @@ pixels are mapped from 0..16 to [−1, 1].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict
 
 import torch
 
-from .options import DATA_NAMES
+from ..methods.options import DATA_NAMES
+from .dataset import Dataset
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class Dataset:
-    """train: (N, D) points the methods learn from; test: (M, D) held-out points for the metrics.
-
-    ``image_shape`` is (H, W) for image sets (points are flattened images), None for 2-D sets;
-    ``train_labels``/``test_labels`` are the digit classes, None for 2-D sets.
-    """
-
-    name: str
-    train: Tensor
-    test: Tensor
-    image_shape: Optional[Tuple[int, int]] = None
-    train_labels: Optional[Tensor] = None
-    test_labels: Optional[Tensor] = None
-
-    @property
-    def is_image(self) -> bool:
-        return self.image_shape is not None
-
-    @property
-    def dim(self) -> int:
-        return self.train.shape[1]
-
-    def to(self, device) -> "Dataset":
-        move = lambda t: None if t is None else t.to(device)
-        return Dataset(self.name, move(self.train), move(self.test), self.image_shape,
-                       move(self.train_labels), move(self.test_labels))
 
 
 def eight_gaussians(n: int, g: torch.Generator) -> Tensor:
@@ -113,8 +84,8 @@ def load_digits(seed: int = 0, n_test: int = 297) -> Dataset:
     return Dataset("digits", x[tr], x[te], (8, 8), y[tr], y[te])
 
 
-def load(name: str, *, n_train: int = 4000, n_test: int = 2000, seed: int = 0) -> Dataset:
-    """The data set ``name`` (one of ``DATASETS``). Sizes apply to the 2-D sets; digits has 1500/297."""
+def load_embedded(name: str, *, n_train: int = 4000, n_test: int = 2000, seed: int = 0) -> Dataset:
+    """The embedded data set ``name`` (one of ``DATASETS``). Sizes apply to the 2-D sets; digits has 1500/297."""
     if name == "digits":
         return load_digits(seed)
     if name not in TOY:

@@ -1,0 +1,39 @@
+"""The container every data source fills: training and held-out points, image shape, labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Dataset:
+    """train: (N, D) points the methods learn from; test: (M, D) held-out points for the metrics.
+
+    ``image_shape`` is (H, W) for image sets (points are flattened images), None for 2-D sets;
+    ``train_labels``/``test_labels`` are the digit classes, None for 2-D sets.
+    """
+
+    name: str
+    train: Tensor
+    test: Tensor
+    image_shape: Optional[Tuple[int, int]] = None
+    train_labels: Optional[Tensor] = None
+    test_labels: Optional[Tensor] = None
+
+    @property
+    def is_image(self) -> bool:
+        return self.image_shape is not None
+
+    @property
+    def dim(self) -> int:
+        return self.train.shape[1]
+
+    def to(self, device) -> "Dataset":
+        move = lambda t: None if t is None else t.to(device)
+        return Dataset(self.name, move(self.train), move(self.test), self.image_shape,
+                       move(self.train_labels), move(self.test_labels))

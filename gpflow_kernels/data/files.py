@@ -1,0 +1,115 @@
+"""Points from the user's files: ``.npy``, ``.npz``, ``.pt``/``.pth`` and ``.csv`` holding (N, D) numbers.
+
+The rows are shuffled with the run's seed and split: the last ``n_test = min(N // 5, 2000)`` rows are
+held out for the metrics (at least 2), the rest are the training set (our choice, stated in the
+README). Values are used as given (float32): the methods' default options (bandwidths, step
+sizes, σ ranges) assume data of roughly unit scale, so standardise far larger or smaller data first.
+Every problem is a ``ValueError`` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dataset import Dataset
+from .paths import check
+
+#: Keys tried, in order, in a ``.npz`` or a ``.pt`` dictionary holding several arrays.
+KEYS = ("x", "data", "points", "X", "arr_0")
+#: Fewest rows a file may hold: two held-out points for the unbiased MMD², two to train on.
+MIN_ROWS = 4
+
+
+def _pick(mapping, path: Path):
+    keys = list(mapping.keys())
+    if len(keys) == 1:
+        return mapping[keys[0]]
+    for k in KEYS:
+        if k in mapping:
+            return mapping[k]
+    raise ValueError(f"{path} holds several arrays {keys} and none is named one of {list(KEYS)}; "
+                     "save the points under one of those names or alone")
+
+
+def _read(path: Path):
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if not z.files:
+                    raise ValueError(f"{path} holds no arrays")
+                return _pick({k: z[k] for k in z.files}, path)
+        if suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = _pick(obj, path)
+            if not isinstance(obj, torch.Tensor):
+                raise ValueError(f"{path} holds a {type(obj).__name__}, not a tensor of points")
+            return obj
+        return _read_csv(path)
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"{path} cannot be read as {suffix}: {str(e).splitlines()[0][:200]}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, Exception) as e:  # garbage or truncated
+        raise ValueError(f"{path} cannot be read as {suffix} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+def _read_csv(path: Path):
+    with open(path, encoding="utf-8", errors="strict") as f:
+        lines = [ln.strip() for ln in f if ln.strip()]
+    if not lines:
+        raise ValueError(f"{path} is empty")
+    rows = []
+    for i, ln in enumerate(lines):
+        cells = [c.strip() for c in ln.split(",")]
+        try:
+            rows.append([float(c) for c in cells])
+        except ValueError:
+            if i == 0:  # a header line
+                continue
+            raise ValueError(f"{path}, line {i + 1}: not all numbers: {ln[:80]!r}") from None
+    widths = {len(r) for r in rows}
+    if len(widths) > 1:
+        raise ValueError(f"{path}: rows have different numbers of columns {sorted(widths)}")
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1 if rows else 0)
+
+
+def load_points(path, *, seed: int = 0) -> Dataset:
+    """The (N, D) points in the file ``path``, split into training and held-out rows (see module doc)."""
+    path = check(str(path))
+    raw = _read(path)
+    if not isinstance(raw, torch.Tensor):
+        raw = np.asarray(raw)
+        if raw.dtype.kind not in "fiu":  # strings, objects, booleans, complex numbers
+            raise ValueError(f"{path} holds {raw.dtype} values; expected real numbers")
+        raw = torch.from_numpy(raw)
+    t = raw
+    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in
+                                                        (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise ValueError(f"{path} holds {t.dtype} values; expected real numbers")
+    if t.dim() == 4:
+        raise ValueError(f"{path} holds an array of shape {tuple(t.shape)}: (N, C, H, W) images are not supported "
+                         "yet (issue #15); flatten them to (N, C·H·W) to use them as points")
+    if t.dim() != 2:
+        raise ValueError(f"{path} holds an array of shape {tuple(t.shape)}; expected (N, D) points")
+    if t.shape[0] < MIN_ROWS or t.shape[1] == 0:
+        raise ValueError(f"{path} holds {t.shape[0]} points of dimension {t.shape[1]}; at least {MIN_ROWS} points "
+                         "of dimension >= 1 are needed (2 are held out for the metrics)")
+    x = t.to(torch.float32)
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        row = int(bad.any(1).nonzero()[0])
+        raise ValueError(f"{path} holds {int(bad.sum())} NaN or infinite values (the first in row {row}); "
+                         "remove or impute them")
+    if t.is_floating_point() and bool(torch.isfinite(t).all()) and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{path}: values overflow float32")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    n_test = max(2, min(len(x) // 5, 2000))
+    return Dataset(str(path), x[perm[n_test:]].contiguous(), x[perm[:n_test]].contiguous())
