@@ -17,8 +17,11 @@ Backward passes run the ring again: gradients of the local rows stay, gradients 
 block follow it round the ring and arrive back at its owner after W hops.
 
 Sums merge exactly. The KDE ops (``kde_score``, ``kde_denoiser``) merge the blocks' soft-assignment
-means with their log-normalisers, brought into one convention (``reference.lse_offset``): exact
-logits for D <= 8, else the flash form centred on the global mean of y, which every block shares.
+means with their log-normalisers, brought into one convention (``reference.lse_offset``; each
+backend declares its unit and form, the Triton one base 2): exact logits for D <= 8, else the flash
+form centred on the global mean of y, which every block shares. Their backward pass per block gets
+the global normaliser and mean; the x-gradient adds back the block-mean term the backends drop
+(exact only over all blocks), from the block's own soft assignment, recomputed (see _RingSoftmax).
 
 Agreement and failures. Before any transfer every rank publishes, in one small all-gather, what it
 was given (op, batch shape, D, dtype, kernel, bandwidth, optional arguments, shard sizes) and
