@@ -14,6 +14,8 @@
 #                and the fraction of the exp ceiling (QUICK=1 for the two smallest sizes only)
 #   bench        pytest-benchmark: the ops on CUDA and the solvers' *_cuda groups, then the
 #                ratio table (OUTDIR/bench.json, OUTDIR/bench.md)
+#   dist         benchmarks/gpu_dist_check.py under torchrun, one rank per GPU (NCCL): the sharded
+#                ops on the GPU backends against one process, and their lse merge on the device
 # Every call starts with the environment (versions, nvidia-smi) in OUTDIR/env.log. Wheels in
 # ./.whl (torchsde, pykeops, ... for a machine without a package index) are installed first; made
 # on a machine with one by
@@ -29,8 +31,8 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
 for stage in "$@"; do
-    case $stage in build|gputests|tests|check|bench) ;;
-        *) echo "unknown stage '$stage' (build, gputests, tests, check, bench)" >&2; exit 2 ;;
+    case $stage in build|gputests|tests|check|bench|dist) ;;
+        *) echo "unknown stage '$stage' (build, gputests, tests, check, bench, dist)" >&2; exit 2 ;;
     esac
 done
 
@@ -85,6 +87,9 @@ for stage in "$@"; do
             run bench $py -m pytest -q benchmarks -k "gpu or cuda" --benchmark-only \
                 --benchmark-json="$out/bench.json" --benchmark-columns=median,iqr,rounds
             [ -f "$out/bench.json" ] && $py benchmarks/report.py "$out/bench.json" >"$out/bench.md" && cat "$out/bench.md" ;;
+        dist)
+            ngpu=$($py -c "import torch; print(max(1, torch.cuda.device_count()))")
+            run dist $py -m torch.distributed.run --standalone --nproc-per-node "$ngpu" benchmarks/gpu_dist_check.py ;;
     esac
 done
 exit $status
