@@ -28,3 +28,23 @@ def comm_only(x, y, world=2):
                  for r in range(world)]
         ring = gd._Ring(None, rank, world, sizes)
         gd._ring_forward(ring, [t.unsqueeze(0), None], lambda block: None)
+
+
+def probe(n_rows, m, d, rank, world=2):
+    """The overlap probe: few query rows against many wide source points, so that moving a block
+    costs about as much as reducing against it (x: this rank's rows, y: its block of sources)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n_rows, d, generator=g) * 0.1
+    y = torch.randn(m, d, generator=g) * 0.1
+    a, b = gd.shard_bounds(n_rows, world, rank)
+    c, e = gd.shard_bounds(m, world, rank)
+    return x, y, x[a:b], y[c:e]
+
+
+def ring_only(y_local, m, world=2):
+    """One ring pass of y blocks with no reduction (the transfers of one kernel_integral call)."""
+    import torch.distributed as dist
+
+    sizes = [gd.shard_bounds(m, world, r)[1] - gd.shard_bounds(m, world, r)[0] for r in range(world)]
+    ring = gd._Ring(None, dist.get_rank(), world, sizes)
+    gd._ring_forward(ring, [y_local.unsqueeze(0), None], lambda block: None)

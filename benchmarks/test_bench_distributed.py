@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 import gpflow_kernels as gk
-from bench_dist_common import comm_only, full, shards
+from bench_dist_common import comm_only, full, probe, ring_only, shards
 from gpflow_kernels import distributed as gd, reference
 from gpflow_kernels.kernels import get_kernel
 
@@ -86,6 +86,63 @@ def test_sharded_mmd_field(benchmark, impl, n, d):
                                      "t_compute_s": t_comp, "overlap": max(0.0, min(1.0, hidden)),
                                      # the rest of a call: agreement all-gather, waiting for the slower rank
                                      "t_other_s": t_call - t_comp - t_comm})
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        torch.set_num_threads(threads)
+        partner.wait(timeout=120)
+
+
+PROBE = (128, 16384, 512)  # query rows, source points, D: a block's transfer ~ its reduction
+
+
+@pytest.mark.parametrize("impl", ["ours-2ranks", "single-process"])
+def test_ring_overlap_probe(benchmark, impl):
+    """kernel_integral with 64 query rows per rank against 8192 sources of D = 512 per rank: moving a
+    16 MB block costs about as much as reducing against it, so the overlap is measurable."""
+    n, m, d = PROBE
+    benchmark.group = f"overlap probe kernel_integral N={n} M={m} D={d} (2 cores)"
+    threads = torch.get_num_threads()
+    x, y, xl, yl = probe(n, m, d, 0)
+    if impl == "single-process":
+        torch.set_num_threads(2)
+        try:
+            benchmark.pedantic(lambda: gk.kernel_integral(x, y, bandwidth=1.0), rounds=ROUNDS, warmup_rounds=WARMUP,
+                               iterations=1)
+        finally:
+            torch.set_num_threads(threads)
+        return
+    port = _port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH")]))}
+    partner = subprocess.Popen([sys.executable, str(HERE / "dist_partner.py"), str(port), str(n), str(d),
+                                str(ROUNDS + WARMUP), str(COMM), "probe", str(m)], env=env)
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2)
+        benchmark.pedantic(lambda: gd.kernel_integral(xl, yl, bandwidth=1.0), rounds=ROUNDS, warmup_rounds=WARMUP,
+                           iterations=1)
+        transfer = []
+        for _ in range(COMM):
+            t0 = time.perf_counter()
+            ring_only(yl, m)
+            transfer.append(time.perf_counter() - t0)
+        dist.barrier()
+        s2 = torch.ones(1, 1)
+        kern = get_kernel("gaussian")
+        blocks = [y[a:b].unsqueeze(0) for a, b in (gd.shard_bounds(m, 2, r) for r in (0, 1))]
+        compute = []
+        for _ in range(ROUNDS):
+            t0 = time.perf_counter()
+            for blk in blocks:
+                reference.integral(kern, xl.unsqueeze(0), blk, None, s2)
+            compute.append(time.perf_counter() - t0)
+        t_call = benchmark.stats.stats.median
+        t_comm, t_comp = statistics.median(transfer), statistics.median(compute)
+        benchmark.extra_info.update({
+            "bytes_sent_per_rank_per_call": len(yl) * d * 4, "t_transfer_s": t_comm, "t_compute_s": t_comp,
+            "overlap": max(0.0, min(1.0, (t_comp + t_comm - t_call) / min(t_comp, t_comm))),
+            "t_other_s": t_call - t_comp - t_comm})
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
