@@ -13,7 +13,8 @@ What the runner does with W ranks (our choices, documented in the README):
   global particle (``solvers.sharded``), so a seed gives the same particles on any number of ranks;
 - metrics: MMD² and the energy distance are sharded ops; classifier metrics see all samples;
 - only rank 0 writes (checkpoints, figures, metrics) and prints; a checkpoint holds every rank's
-  random state, so ``--resume`` continues exactly with the same number of ranks.
+  random state, so ``--resume`` continues exactly with the same number of ranks. The loss history
+  in metrics.json holds the ranks' mean; the progress line shows rank 0's losses.
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ class Parallel:
         parts = [torch.empty_like(pad) for _ in range(self.world)]
         dist.all_gather(parts, pad.contiguous(), group=self.group)
         return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(x.device)
+
+    def mean_stats(self, stats: dict) -> dict:
+        """The ranks' mean of each value of ``stats`` (float losses; same keys on every rank)."""
+        if self.world == 1 or not stats:
+            return stats
+        t = torch.tensor([float(v) for v in stats.values()], dtype=torch.float64, device=_comm_device(self.group))
+        dist.all_reduce(t, group=self.group)
+        return {k: float(v) / self.world for k, v in zip(stats, t.tolist())}
 
     def gather_objects(self, obj) -> List[Any]:
         """Every rank's ``obj`` (picklable), in rank order, on every rank."""

@@ -237,7 +237,8 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
             _finite_stats(stats, step + 1, dirs, last_ckpt)
             step += 1
             if step % max(1, total // 50) == 0 or step == total:
-                history.append({"step": step, **stats, "seconds": train_seconds + time.perf_counter() - t0})
+                # under torchrun: the ranks' mean (each rank's loss is on its own minibatch)
+                history.append({"step": step, **par.mean_stats(stats), "seconds": train_seconds + time.perf_counter() - t0})
             if m.kind == "Int-PM" and (step % snap_every == 0 or step == total):
                 with torch.no_grad():
                     snapshots.append(m.sample(min(n_local, 256), torch.Generator(device=dev).manual_seed(seed + 2)).x.cpu())
