@@ -2,10 +2,10 @@
 
 No torch here: the command line defers signals from before it imports torch. Python raises
 KeyboardInterrupt wherever the main thread happens to be, and during start-up that was seen to go
-wrong in three ways: inside a library's bare ``except:`` (the interrupt was swallowed and the run
-went on to finish), inside code run through ``PyRun_String`` (CPython marked the interrupt
-unhandled, so the process died by SIGINT at exit although we had caught it and printed our
-message), and inside a nanobind extension (C++ ``terminate``, exit by SIGABRT). So the first signal
+wrong in three ways: the interrupt was lost and the run went on to finish (most likely a library's
+bare ``except:``); our message was printed and the process still died by SIGINT at exit (we read
+this as CPython's unhandled-interrupt flag, set when the interrupt passes through code run by
+``PyRun_String``; not verified); and a C++ ``terminate`` in a nanobind extension (SIGABRT). So the first signal
 only sets a flag; the run checks it between start-up stages, at each training step boundary and
 before it writes its results. A second signal raises KeyboardInterrupt at once (the user insists).
 
