@@ -1,6 +1,7 @@
 """Shared by the sharded-op benchmark and its partner rank: the data and the transfer-only ring."""
 
 import torch
+import torch.distributed as dist
 
 from gpflow_kernels import distributed as gd
 
@@ -18,18 +19,6 @@ def shards(n, d, rank, world=2):
     return x[a:b], y[a:b], s
 
 
-def comm_only(x, y, world=2):
-    """The two rings of one sharded mmd_field call (y, then x as x_ref) with no reduction."""
-    import torch.distributed as dist
-
-    rank = dist.get_rank()
-    for t in (y, x):
-        sizes = [gd.shard_bounds(len(x) * world, world, r)[1] - gd.shard_bounds(len(x) * world, world, r)[0]
-                 for r in range(world)]
-        ring = gd._Ring(None, rank, world, sizes)
-        gd._ring_forward(ring, [t.unsqueeze(0), None], lambda block: None)
-
-
 def probe(n_rows, m, d, rank, world=2):
     """The overlap probe: few query rows against many wide source points, so that moving a block
     costs about as much as reducing against it (x: this rank's rows, y: its block of sources)."""
@@ -41,10 +30,15 @@ def probe(n_rows, m, d, rank, world=2):
     return x, y, x[a:b], y[c:e]
 
 
-def ring_only(y_local, m, world=2):
-    """One ring pass of y blocks with no reduction (the transfers of one kernel_integral call)."""
-    import torch.distributed as dist
-
-    sizes = [gd.shard_bounds(m, world, r)[1] - gd.shard_bounds(m, world, r)[0] for r in range(world)]
+def ring_pass(local, total, world=2):
+    """One ring pass of ``local`` (this rank's block of ``total`` points) with no reduction: the
+    transfers of one sharded reduction."""
+    sizes = [b - a for a, b in (gd.shard_bounds(total, world, r) for r in range(world))]
     ring = gd._Ring(None, dist.get_rank(), world, sizes)
-    gd._ring_forward(ring, [y_local.unsqueeze(0), None], lambda block: None)
+    gd._ring_forward(ring, [local.unsqueeze(0), None], lambda block: None)
+
+
+def comm_only(x, y, n):
+    """The two rings of one sharded mmd_field call on n points (y, then x as x_ref)."""
+    ring_pass(y, n)
+    ring_pass(x, n)

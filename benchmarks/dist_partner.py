@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from bench_dist_common import comm_only, probe, ring_only, shards
+from bench_dist_common import comm_only, probe, ring_pass, shards
 from gpflow_kernels import distributed as gd
 
 
@@ -22,7 +22,7 @@ def main():
         for _ in range(calls):
             gd.kernel_integral(x, y, bandwidth=1.0)
         for _ in range(comm_calls):
-            ring_only(y, m)
+            ring_pass(y, m)
         dist.barrier()
         dist.destroy_process_group()
         return
@@ -30,7 +30,7 @@ def main():
     for _ in range(calls):
         gd.mmd_field(x, y, bandwidth=s)
     for _ in range(comm_calls):
-        comm_only(x, y)
+        comm_only(x, y, n)
     dist.barrier()
     dist.destroy_process_group()
 

@@ -50,7 +50,8 @@ from .ops import _compute_dtype, _first_order_only, _impl
 Tensor = torch.Tensor
 Bandwidth = ops.Bandwidth
 
-__all__ = ["mmd_field", "mmd2", "kernel_integral", "kde_score", "kde_denoiser", "svgd_field", "shard_bounds"]
+__all__ = ["mmd_field", "mmd2", "kernel_integral", "kde_score", "kde_denoiser", "svgd_field", "shard_bounds",
+           "comm_device"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -73,12 +74,14 @@ def _group_info(group) -> Tuple[int, int, torch.device]:
             "gpflow_kernels.distributed needs an initialised process group: call "
             "torch.distributed.init_process_group (torchrun sets the environment for it)"
         )
-    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    return dist.get_rank(group), dist.get_world_size(group), comm_device(group)
+
+
+def comm_device(group) -> torch.device:
+    """Where ``group``'s collectives take their tensors: the current CUDA device for NCCL, else the CPU."""
     if dist.get_backend(group) == "nccl":
-        dev = torch.device("cuda", torch.cuda.current_device())
-    else:
-        dev = torch.device("cpu")
-    return rank, world, dev
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _code(value) -> float:
@@ -252,7 +255,7 @@ def _ring_forward(ring: _Ring, local: Sequence[Optional[Tensor]], compute, tag: 
 def _ring_backward(ring: _Ring, local: Sequence[Optional[Tensor]], needs: Sequence[bool], grads_of):
     """Gradients of the local block's tensors, summed over every rank's contribution.
 
-    ``grads_of(block, owner)`` returns one gradient per tensor of ``local`` where ``needs`` says so
+    ``grads_of(block)`` returns one gradient per tensor of ``local`` where ``needs`` says so
     (else None), shaped like that block (zeros when this rank contributes nothing). ``needs`` is
     the same on every rank (the ops agree on requires_grad first), so every rank sends and
     receives the same accumulators. The block data travel ahead, prefetched as in the forward pass;
@@ -265,7 +268,7 @@ def _ring_backward(ring: _Ring, local: Sequence[Optional[Tensor]], needs: Sequen
         wait = None
         if s < ring.world - 1:
             nxt, wait = ring.exchange(cur, _block_shapes(ring, ring.owner(s + 1), local), local[0], 21)
-        contrib = grads_of(cur, owner)
+        contrib = grads_of(cur)
         if acc_wait is not None:
             acc_wait()
             contrib = [c if a is None else a.add_(c) for a, c in zip(acc_in, contrib)]
@@ -313,7 +316,7 @@ class _RingPair(torch.autograd.Function):
         gx = torch.zeros_like(x) if need_x else None
         bwd = getattr(ctx.impl, ctx.bwd)
 
-        def grads_of(block, owner):
+        def grads_of(block):
             yb, wb = block
             gyb = torch.zeros_like(yb) if need_y else None
             gwb = torch.zeros_like(wb) if need_w else None
@@ -328,7 +331,7 @@ class _RingPair(torch.autograd.Function):
         if need_y or need_w:
             gy, gw = _ring_backward(ctx.ring, [y, w], [need_y, need_w], grads_of)
         else:
-            _ring_forward(ctx.ring, [y, w], lambda b: grads_of(b, None))
+            _ring_forward(ctx.ring, [y, w], grads_of)
             gy = gw = None
         return None, None, None, None, None, gx, gy, gw
 
@@ -377,7 +380,7 @@ class _RingSoftmax(torch.autograd.Function):
         inv_s2 = (1.0 / s2).view(-1, 1, 1)
         gmu = (g * mu).sum(-1)
 
-        def grads_of(block, owner):
+        def grads_of(block):
             yb = block[0]
             gyb = torch.zeros_like(yb) if need_y else None
             if not (x.shape[1] and yb.shape[1]):
@@ -397,7 +400,7 @@ class _RingSoftmax(torch.autograd.Function):
         if need_y:
             (gy,) = _ring_backward(ctx.ring, [y], [True], grads_of)
         else:
-            _ring_forward(ctx.ring, [y], lambda b: grads_of(b, None))
+            _ring_forward(ctx.ring, [y], grads_of)
             gy = None
         return None, None, None, None, gx, gy
 
@@ -491,11 +494,6 @@ _INTEGRAL = ("integral", "integral_backward")
 _GRADSUM = ("grad_sum", "grad_sum_backward")
 
 
-def _empty_ok_backend(backend: str, x: Tensor, kern: Optional[Kernel]):
-    """The local backend; an empty local shard of x still needs one (it reduces nothing)."""
-    return _impl(backend, x, kern)
-
-
 # --------------------------------------------------------------------------------------------
 # public ops
 
@@ -519,7 +517,7 @@ def kernel_integral(x: Tensor, y: Tensor, v: Optional[Tensor] = None, *, kernel:
                 vv = _checks.per_point("v", vv, "y", yy, trailing=None).unsqueeze(-1)
         kern = get_kernel(kernel)
         _bandwidth_check(bandwidth)
-        return xx, yy, vv, squeeze, kern, _empty_ok_backend(backend, xx, kern)
+        return xx, yy, vv, squeeze, kern, _impl(backend, xx, kern)
 
     (xx, yy, vv, squeeze, kern, impl), ag = _agree(
         "kernel_integral", group, check,
@@ -565,7 +563,7 @@ def mmd_field(x: Tensor, y: Tensor, *, kernel: Union[str, Kernel] = "gaussian", 
                 raise ValueError("weights must be >= 0 with a positive sum over the M points of y")
         kern = get_kernel(kernel)
         _bandwidth_check(bandwidth)
-        return xx, yy, rr, ww, kern, _empty_ok_backend(backend, xx, kern)
+        return xx, yy, rr, ww, kern, _impl(backend, xx, kern)
 
     (xx, yy, rr, ww, kern, impl), ag = _agree(
         "mmd_field", group, check,
@@ -603,7 +601,7 @@ def mmd2(x: Tensor, y: Tensor, *, kernel: Union[str, Kernel] = "gaussian", bandw
             raise TypeError(f"unbiased must be a bool, got {type(unbiased).__name__}")
         kern = get_kernel(kernel)
         _bandwidth_check(bandwidth)
-        return xx, yy, kern, _empty_ok_backend(backend, xx, kern)
+        return xx, yy, kern, _impl(backend, xx, kern)
 
     (xx, yy, kern, impl), ag = _agree(
         "mmd2", group, check,
@@ -641,7 +639,7 @@ def _kde(op: str, x, y, bandwidth, backend, group):
         xx, yy = _checks.point_pair("x", x, "y", y, allow_empty=True)
         _bandwidth.single(bandwidth)
         _bandwidth_check(bandwidth)
-        return xx, yy, _empty_ok_backend(backend, xx, None)
+        return xx, yy, _impl(backend, xx)
 
     (xx, yy, impl), ag = _agree(op, group, check,
                                 lambda c: _fields(c[0], [c[0], c[1]], bandwidth=_bandwidth_key(bandwidth)),
@@ -685,7 +683,7 @@ def svgd_field(x: Tensor, score: Tensor, *, kernel: Union[str, Kernel] = "gaussi
         ss = _checks.per_point("score", score, "x", xx, trailing=xx.shape[-1])
         kern = get_kernel(kernel)
         _bandwidth_check(bandwidth)
-        return xx, ss, kern, _empty_ok_backend(backend, xx, kern)
+        return xx, ss, kern, _impl(backend, xx, kern)
 
     (xx, ss, kern, impl), ag = _agree(
         "svgd_field", group, check,

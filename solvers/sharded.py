@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from gpflow_kernels.distributed import shard_bounds
+from gpflow_kernels.distributed import comm_device, shard_bounds
 
 __all__ = ["BLOCK", "shard_bounds", "group_rank_world", "global_offset", "ParticleNormals", "ShardedBrownian"]
 
@@ -42,13 +42,12 @@ def group_rank_world(group) -> Tuple[int, int]:
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def global_offset(n_local: int, group, device=None) -> int:
+def global_offset(n_local: int, group) -> int:
     """Index of this rank's first particle among all ranks' particles (an exclusive prefix sum)."""
     rank, world = group_rank_world(group)
     if world == 1:
         return 0
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
-    mine = torch.tensor([n_local], dtype=torch.int64, device=dev)
+    mine = torch.tensor([n_local], dtype=torch.int64, device=comm_device(group))
     parts = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(parts, mine, group=group)
     return int(sum(int(p) for p in parts[:rank]))

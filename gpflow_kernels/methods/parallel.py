@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..distributed import shard_bounds
+from ..distributed import comm_device, shard_bounds
 
 Tensor = torch.Tensor
 
@@ -58,7 +58,7 @@ class Parallel:
         """True on every rank when it is True on any rank (one small all-reduce)."""
         if self.world == 1:
             return flag
-        t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=_comm_device(self.group))
+        t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=comm_device(self.group))
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return bool(t.item())
 
@@ -66,7 +66,7 @@ class Parallel:
         """All ranks' rows of x (n_r, ...) concatenated in rank order, on every rank."""
         if self.world == 1:
             return x
-        dev = _comm_device(self.group)
+        dev = comm_device(self.group)
         n = torch.tensor([x.shape[0]], dtype=torch.int64, device=dev)
         sizes = [torch.empty_like(n) for _ in range(self.world)]
         dist.all_gather(sizes, n, group=self.group)
@@ -81,7 +81,7 @@ class Parallel:
         """The ranks' mean of each value of ``stats`` (float losses; same keys on every rank)."""
         if self.world == 1 or not stats:
             return stats
-        t = torch.tensor([float(v) for v in stats.values()], dtype=torch.float64, device=_comm_device(self.group))
+        t = torch.tensor([float(v) for v in stats.values()], dtype=torch.float64, device=comm_device(self.group))
         dist.all_reduce(t, group=self.group)
         return {k: float(v) / self.world for k, v in zip(stats, t.tolist())}
 
@@ -95,16 +95,20 @@ class Parallel:
 
     def offset(self, n_local: int) -> int:
         """Index of this rank's first item among all ranks' items."""
-        return sum(self.gather_objects(n_local)[: self.rank])
+        from solvers.sharded import global_offset
+
+        return global_offset(n_local, self.group)
 
 
 SINGLE = Parallel()
 
 
-def _comm_device(group) -> torch.device:
-    if dist.get_backend(group) == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def current() -> Parallel:
+    """The ranks of the initialised default process group, or SINGLE when there is none (the
+    Python API called inside a torchrun job that set up torch.distributed itself)."""
+    if dist.is_available() and dist.is_initialized():
+        return Parallel(dist.group.WORLD, dist.get_rank(), dist.get_world_size())
+    return SINGLE
 
 
 def launched() -> bool:
@@ -134,7 +138,7 @@ def from_env(device: str) -> Tuple[Parallel, str]:
     timeout = float(os.environ.get("GPFLOW_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
-    return Parallel(dist.group.WORLD, dist.get_rank(), dist.get_world_size()), device
+    return current(), device
 
 
 def close(ok: bool) -> None:

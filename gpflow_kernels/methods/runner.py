@@ -33,7 +33,7 @@ from ..data import Dataset, load
 from .metrics import digits_classifier, evaluate
 from .options import COMPARE_DEFAULT
 from .outdir import CHECKPOINT, Interrupted, NoWrites, OutDir, RunError, RunFailed, check
-from .parallel import SINGLE, Parallel, rank_seed, wrap_networks
+from .parallel import Parallel, current, rank_seed, wrap_networks
 from .progress import Progress
 from .signals import DeferredSignals
 
@@ -131,11 +131,7 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
     first SIGINT/SIGTERM is acted on at the next safe point (between start-up stages, at a training
     step boundary, before the results are written; see ``signals.py``), a second one at once.
     """
-    if parallel is None:
-        parallel = SINGLE
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            group = torch.distributed.group.WORLD
-            parallel = Parallel(group, torch.distributed.get_rank(), torch.distributed.get_world_size())
+    parallel = current() if parallel is None else parallel
     if not parallel.main:
         log, progress = (lambda _: None), False
     with DeferredSignals() as sig:
@@ -179,7 +175,8 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         wrap_networks(m, par, dev)
         if not par.main:  # rank 0 keeps the run's stream: one rank is the single-process run
             torch.manual_seed(rank_seed(seed, par.rank))
-    n_local = par.shard(n)[1] - par.shard(n)[0]
+    first, stop = par.shard(n)
+    n_local = stop - first
     classifier = digits_classifier(ds) if ds.is_image else None
     _startup_check(sig)
     # Methods that sample per global particle use one generator on every rank; the others a
@@ -353,7 +350,7 @@ def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = N
     out = check(out)
     for name in methods:
         get_method(name)
-    main = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    main = current().main
     if not main:  # under torchrun only rank 0 writes and prints
         log, progress = (lambda _: None), False
     dirs = OutDir(out) if main else NoWrites(out)
