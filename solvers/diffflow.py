@@ -107,6 +107,17 @@ class DiffFlowSDE(SDE):
             return cls.weighted(data_score, gen_score, **kw)
         return cls(data_score, gen_score, **kw)
 
+    def probability_flow(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The deterministic counterpart, field(t, x) = f + β (∇log p_σ − ∇log q̃): the drift with
+        g = 0. By the Fokker–Planck argument above it has the SDE's marginals for every g when q̃ is
+        the particles' own law; with a smoothed q̃ only approximately (that residual, again)."""
+        def field(t, x):
+            b = float(self.beta(t))
+            out = b * (self.data_score(t, x) - self.generated_score(t, x))
+            return out if self.extra_drift is None else out + self.extra_drift(t, x)
+
+        return field
+
     def drift(self, t, x):
         b, g = float(self.beta(t)), float(self.g_fn(t))
         out = b * self.data_score(t, x)

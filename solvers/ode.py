@@ -1,4 +1,4 @@
-"""Fixed-step ODE integration of particle fields dx/dt = field(t, x).
+"""ODE integration of particle fields dx/dt = field(t, x): fixed-step and error-controlled.
 
 ``field`` receives all particles at once (shape (..., N, D)), so interacting fields (MMD, Stein)
 are valid. The loop does no Python work per step beyond the field calls: times are precomputed
@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import _checks, _graph
+from . import _checks, _graph, adaptive
 
 Tensor = torch.Tensor
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -79,7 +79,8 @@ class RK4(Method):
         return _axpy(x, acc.mul_(2.0).add_(k1).add_(k4), dt / 6.0)
 
 
-ODE_METHODS = {m.name: m() for m in (Euler, Midpoint, Heun, RK4)}
+FIXED_METHODS = {m.name: m() for m in (Euler, Midpoint, Heun, RK4)}
+ODE_METHODS = {**FIXED_METHODS, **adaptive.ADAPTIVE_METHODS}
 
 
 def odeint(
@@ -93,13 +94,28 @@ def odeint(
     check_finite: bool = True,
     compile: bool = False,
     cuda_graph: bool = False,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    max_steps: int = 10_000,
+    first_step: Optional[float] = None,
+    controller: Optional["adaptive.PIController"] = None,
+    stats: Optional["adaptive.SolverStats"] = None,
+    adjoint: bool = False,
+    adjoint_rtol: Optional[float] = None,
+    adjoint_atol: Optional[float] = None,
+    adjoint_params=None,
 ) -> Tensor:
-    """Integrate dx/dt = field(t, x) over the grid ``ts`` with one step per interval.
+    """Integrate dx/dt = field(t, x) through the times ``ts``.
+
+    Fixed-step methods take one step per interval of ``ts``. Adaptive methods ("dopri5", "bosh3";
+    :mod:`solvers.adaptive`) choose their own steps to keep the local error within
+    atol + rtol |x| and interpolate the outputs at ``ts`` (the defaults rtol=1e-7, atol=1e-9 are
+    torchdiffeq's).
 
     Args:
         field: (t: 0-d tensor, x: (..., N, D)) -> (..., N, D).
         x0: initial particles. ts: 1-d grid, strictly increasing or decreasing.
-        method: "euler", "midpoint", "heun" (2nd order) or "rk4".
+        method: "euler", "midpoint", "heun" (2nd order), "rk4", or adaptive "dopri5" / "bosh3".
         save: "all" returns (len(ts), *x0.shape) with x0 first; "last" returns the final state.
         callback: called as callback(step, t, x) after every step.
         check_finite: raise ``NonFiniteError`` naming the step when particles turn non-finite. On
@@ -110,6 +126,20 @@ def odeint(
         cuda_graph: on CUDA, capture one step in a CUDA graph and replay it (no per-step launch
             overhead). The field must be capturable: no host syncs, no data-dependent shapes, no
             CPU tensors.
+
+    Adaptive methods only (ignored by fixed-step ones, except that ``adjoint=True`` is refused):
+        rtol, atol: error tolerances. max_steps: accepted + rejected steps before a RuntimeError
+            naming t. first_step: the first step size (default: Hairer's selection).
+        controller: a :class:`solvers.PIController` (default ``PIController()``).
+        stats: a :class:`solvers.SolverStats` that receives the field evaluations and step counts.
+        compile: compiles the field (``torch.compile``); the step itself stays eager because its
+            size is chosen on the host from the error estimate. cuda_graph is refused for the same
+            reason.
+        adjoint: gradients by solving the adjoint ODE backward (:mod:`solvers.adjoint`) with
+            ``adjoint_rtol`` / ``adjoint_atol`` (default: the forward ones), for x0, ts and
+            ``adjoint_params`` (default: the field's parameters when it is an ``nn.Module``).
+            Without it, gradients flow through the steps to x0 and the field's parameters (the
+            step sizes are constants of the graph) but not to ts.
     """
     x = _checks.state(x0)
     ts = _checks.times(ts, x)
@@ -117,6 +147,16 @@ def odeint(
     _checks.save_mode(save)
     if not callable(field):
         raise TypeError(f"field must be callable as field(t, x), got {type(field).__name__}")
+    if isinstance(m, adaptive.Tableau):
+        if cuda_graph:
+            raise ValueError(f"cuda_graph=True needs a fixed-step method: {method} picks each step size on the host "
+                             "from the error estimate, which a captured graph cannot do")
+        return _odeint_adaptive(torch.compile(field, dynamic=False) if compile else field, x, ts, m, save, callback,
+                                check_finite, rtol, atol, max_steps, first_step, controller, stats,
+                                adjoint, adjoint_rtol, adjoint_atol, adjoint_params)
+    if adjoint:
+        raise ValueError(f"adjoint=True needs an adaptive method (dopri5 or bosh3), got method={method!r}; "
+                         "fixed-step methods back-propagate through their steps directly")
     _graph.check_options(x, compile, cuda_graph)
     _checks.field_output(field(ts[0], x), x, "field")  # one probe call: shape errors name the field
     n = ts.numel() - 1
@@ -155,3 +195,43 @@ def odeint(
             callback(i + 1, t_at[i + 1], x)
     watch.finish()
     return out if out is not None else x
+
+
+def _odeint_adaptive(field, x, ts, tab, save, callback, check_finite, rtol, atol, max_steps, first_step,
+                     controller, stats, adjoint, adjoint_rtol, adjoint_atol, adjoint_params):
+    from . import adjoint as _adjoint
+
+    adaptive.check_tolerances(rtol, atol, max_steps)
+    if first_step is not None and not (isinstance(first_step, (int, float)) and first_step > 0):
+        raise ValueError(f"first_step must be a number > 0 or None, got {first_step!r}")
+    controller = adaptive.PIController() if controller is None else controller
+    if not isinstance(controller, adaptive.PIController):
+        raise TypeError(f"controller must be a solvers.PIController, got {type(controller).__name__}")
+    opts = dict(tableau=tab, rtol=float(rtol), atol=float(atol), max_steps=max_steps, first_step=first_step,
+                controller=controller, check_finite=check_finite)
+    func = lambda t, s: (field(t, s[0]),)
+    if adjoint:
+        a_rtol = rtol if adjoint_rtol is None else adjoint_rtol
+        a_atol = atol if adjoint_atol is None else adjoint_atol
+        adaptive.check_tolerances(a_rtol, a_atol, max_steps, what="adjoint_")
+        params = adjoint_params if adjoint_params is not None else (
+            tuple(field.parameters()) if isinstance(field, torch.nn.Module) else ())
+        adj_opts = dict(opts, rtol=float(a_rtol), atol=float(a_atol), first_step=None)
+        (out,) = _adjoint.adjoint_solve(func, (x,), ts, tuple(params), opts, adj_opts, stats)
+        if callback is not None:
+            for i in range(1, out.shape[0]):
+                callback(i, ts[i], out[i])
+        return out if save == "all" else out[-1]
+    out = x.new_empty((ts.numel(),) + tuple(x.shape)) if save == "all" else None
+    if out is not None:
+        out[0] = x
+    t_list = ts.detach().double().tolist()
+
+    def on_output(i, state):
+        if out is not None:
+            out[i] = state[0]
+        if callback is not None:
+            callback(i, ts[i], state[0])
+
+    (last,) = adaptive.solve(func, (x,), t_list, stats=stats, on_output=on_output, **opts)
+    return out if out is not None else last
