@@ -287,7 +287,7 @@ def solve(
     y = y0
     err_prev = 1.0  # no history yet: the first factor is the I controller's
     alpha = 1.0 / tableau.order - 0.75 * controller.beta
-    just_rejected, bad_in_row, n_steps = False, 0, 0
+    just_rejected, bad_in_row, bad_total, n_steps = False, 0, 0, 0
     nxt = 1  # the next output index
     while nxt < len(ts):
         remaining = abs(t_end - t)
@@ -299,6 +299,9 @@ def solve(
             raise RuntimeError(f"{tableau.name}: max_steps={max_steps} reached at t = {t:.6g} before "
                                f"t = {t_end:.6g} (step size {h_try:.3g}); raise max_steps or loosen rtol/atol")
         if not last and (h_try <= 10 * abs(t) * 2.2e-16 or h_try < 1e-300):
+            if bad_total and check_finite:
+                raise NonFiniteError(f"{tableau.name}: the state became non-finite at step {n_steps + 1} (t = {t:.6g}): "
+                                     f"steps past t gave NaN or inf down to h = {h_try:.3g}")
             raise RuntimeError(f"{tableau.name}: step size underflow at t = {t:.6g} (h = {h_try:.3g}): the "
                                "field is too stiff or singular there for an explicit method at this tolerance")
         n_steps += 1
@@ -306,13 +309,16 @@ def solve(
         y1, ks, err = step(f, tableau, t, h, y, f0, time)
         ratio = error_ratio(err, y, y1, rtol, atol)
         if not math.isfinite(ratio):
-            # Non-finite stage values: shrink hard; persistent ones mean the field itself blows up.
+            # Non-finite stage values: shrink hard. Persistent ones (8 in a row, or 32 in all, as
+            # when steps creep up to a time past which the field is NaN) mean the field itself
+            # fails there, which no step size cures.
             bad_in_row += 1
+            bad_total += 1
             stats.rejected += 1
-            if bad_in_row >= 8:
+            if bad_in_row >= 8 or bad_total >= 32:
                 if check_finite:
-                    raise NonFiniteError(f"{tableau.name}: the state became non-finite at step {n_steps} (t = {t:.6g}); "
-                                         f"every step from there, down to h = {h_try:.3g}, gave NaN or inf")
+                    raise NonFiniteError(f"{tableau.name}: the state became non-finite at step {n_steps} (t = {t:.6g}): "
+                                         f"steps from there, down to h = {h_try:.3g}, gave NaN or inf")
                 raise RuntimeError(f"{tableau.name}: non-finite values at t = {t:.6g}")
             habs = h_try * controller.dfactor
             just_rejected = True
