@@ -14,7 +14,9 @@ a KDE over the particles themselves) have no per-sample density in this sense.
 
 Divergence:
 - "exact": the Jacobian diagonal from one ``torch.func.vjp`` and a ``torch.func.vmap`` over the D
-  unit cotangents (D backward passes batched into one); cost grows with D.
+  unit cotangents (D backward passes batched into one); cost grows with D. Fields that torch.func
+  cannot transform (custom autograd Functions, such as this library's fused kernel ops) get one
+  ``torch.autograd.grad`` per unit vector instead.
 - "hutchinson": Hutchinson's estimator E[εᵀ J ε] with Rademacher ε (Skilling 1989; Hutchinson
   1990), ``n_probes`` probes per sample, drawn once per solve from ``seed`` and kept fixed along the
   path (as FFJORD does), so log_prob is unbiased and its gradient is that of one fixed estimator.
@@ -49,21 +51,53 @@ def gaussian_log_prob(std: float = 1.0, mean: float = 0.0) -> Callable[[Tensor],
 
 
 def divergence_fn(field, kind: str, probes: Optional[Tensor]):
-    """(t, x (N, *S)) -> (field(t, x), divergence (N,))."""
+    """(t, x (N, *S)) -> (field(t, x), divergence (N,)).
 
-    def exact(t, x):
-        n, d = x.shape[0], x[0].numel()
-        f, pullback = torch.func.vjp(lambda y: field(t, y), x)
+    torch.func first; a field built on an ``autograd.Function`` without functorch support (our
+    fused kernel ops, many extensions) falls back to one ``torch.autograd.grad`` per unit vector or
+    probe, with a graph kept only when gradients are being recorded.
+    """
+    use_func = [True]
+
+    def cotangents(x):
+        if kind == "hutchinson":
+            return probes
+        d = x[0].numel()
         eye = torch.eye(d, dtype=x.dtype, device=x.device).reshape((d, 1) + tuple(x.shape[1:]))
-        (rows,) = torch.func.vmap(pullback)(eye.expand((d,) + tuple(x.shape)))  # rows[j] = e_jᵀ J
-        return f, rows.reshape(d, n, d).diagonal(dim1=0, dim2=2).sum(-1)
+        return eye.expand((d,) + tuple(x.shape))
 
-    def hutchinson(t, x):
+    def reduce(x, rows, cot):
+        if kind == "hutchinson":  # mean over probes of εᵀ J ε
+            return (rows * cot).flatten(2).sum(-1).mean(0)
+        n, d = x.shape[0], x[0].numel()  # rows[j] = e_jᵀ J: the Jacobian diagonal is rows[j][:, j]
+        return rows.reshape(d, n, d).diagonal(dim1=0, dim2=2).sum(-1)
+
+    def with_func(t, x):
         f, pullback = torch.func.vjp(lambda y: field(t, y), x)
-        (eps_j,) = torch.func.vmap(pullback)(probes)  # (P, N, *S): εᵀ J per probe
-        return f, (eps_j * probes).flatten(2).sum(-1).mean(0)
+        cot = cotangents(x)
+        (rows,) = torch.func.vmap(pullback)(cot)
+        return f, reduce(x, rows, cot)
 
-    return exact if kind == "exact" else hutchinson
+    def with_autograd(t, x):
+        record = torch.is_grad_enabled()
+        with torch.enable_grad():
+            xv = x if (record and x.requires_grad) else x.detach().requires_grad_(True)
+            f = field(t, xv)
+            cot = cotangents(x)
+            rows = torch.stack([torch.autograd.grad(f, xv, c, create_graph=record, retain_graph=True)[0] for c in cot])
+        return (f if record else f.detach()), reduce(x, rows if record else rows.detach(), cot)
+
+    def div(t, x):
+        if use_func[0]:
+            try:
+                return with_func(t, x)
+            except RuntimeError as e:
+                if "functorch" not in str(e) and "setup_context" not in str(e):
+                    raise
+                use_func[0] = False
+        return with_autograd(t, x)
+
+    return div
 
 
 def log_prob(

@@ -4,6 +4,7 @@
 for training-free flows (runner.py). Settings are small so the whole file runs in about a minute.
 """
 
+import math
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ TINY = {
     "disc-flow": {"steps": 150, "batch": 128, "hidden": 64, "flow_steps": 5},
     "disc-flow-gen": {"steps": 150, "distill_steps": 150, "batch": 128, "hidden": 64, "flow_steps": 5},
     "gan": {"steps": 300, "batch": 128, "hidden": 64},
-    "diffflow": {"sample_steps": 40},
+    "diffflow": {"sample_steps": 40, "nll_points": 50},
     "mmd-guidance": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10, "n_data": 300},
     "mmd-flow": {"sample_steps": 40, "n_data": 500},
     "svgd": {"sample_steps": 60, "n_data": 500},
@@ -48,6 +49,11 @@ def test_method_improves_on_its_starting_point(tmp_path, method):
     written = json.loads((tmp_path / method / "metrics.json").read_text())
     assert written["final"] == final and written["kind"] == get_method(method).kind
     assert written["nfe"] >= 1 and written["sample_seconds"] >= 0
+    # A held-out NLL exactly where the method has a per-sample density (mmd-guidance: its unguided model).
+    where = {"edm": final, "diffflow": final, "mmd-guidance": written.get("unguided", final)}.get(method)
+    assert ("nll" in written) == (where is not None)
+    if where is not None:
+        assert math.isfinite(where["nll"]) and written["nll"]["units"] == "nats/dim"
 
 
 def test_closed_form_guidance_improves_the_plain_sampler_of_an_undertrained_denoiser(tmp_path):

@@ -15,7 +15,9 @@ class Dataset:
     """train: (N, D) points the methods learn from; test: (M, D) held-out points for the metrics.
 
     ``image_shape`` is (H, W) for image sets (points are flattened images), None for 2-D sets;
-    ``train_labels``/``test_labels`` are the digit classes, None for 2-D sets.
+    ``train_labels``/``test_labels`` are the digit classes, None for 2-D sets. ``levels``: the number
+    of equally spaced values a pixel takes in [−1, 1] (17 for the digits' 0..16), used to dequantise
+    for bits/dim; None for continuous data.
     """
 
     name: str
@@ -24,6 +26,7 @@ class Dataset:
     image_shape: Optional[Tuple[int, int]] = None
     train_labels: Optional[Tensor] = None
     test_labels: Optional[Tensor] = None
+    levels: Optional[int] = None
 
     @property
     def is_image(self) -> bool:
@@ -36,4 +39,4 @@ class Dataset:
     def to(self, device) -> "Dataset":
         move = lambda t: None if t is None else t.to(device)
         return Dataset(self.name, move(self.train), move(self.test), self.image_shape,
-                       move(self.train_labels), move(self.test_labels))
+                       move(self.train_labels), move(self.test_labels), self.levels)

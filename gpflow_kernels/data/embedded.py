@@ -81,7 +81,7 @@ def load_digits(seed: int = 0, n_test: int = 297) -> Dataset:
     y = torch.as_tensor(bunch.target, dtype=torch.long)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     te, tr = perm[:n_test], perm[n_test:]
-    return Dataset("digits", x[tr], x[te], (8, 8), y[tr], y[te])
+    return Dataset("digits", x[tr], x[te], (8, 8), y[tr], y[te], levels=17)
 
 
 def load_embedded(name: str, *, n_train: int = 4000, n_test: int = 2000, seed: int = 0) -> Dataset:

@@ -17,7 +17,7 @@ particle flow toward the data).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import nn
@@ -36,6 +36,17 @@ class Sample:
     x: Tensor
     nfe: int
     path: Optional[Tensor] = None
+
+
+@dataclass
+class LikelihoodFlow:
+    """A per-sample flow for ``solvers.log_prob``: field(t, x (n, D)), times ts from the data
+    (ts[0]) to the prior (ts[-1]), the prior's log-density, and one line saying what it is."""
+
+    field: Callable[[Tensor, Tensor], Tensor]
+    ts: Tensor
+    prior_log_prob: Callable[[Tensor], Tensor]
+    what: str
 
 
 class Method:
@@ -80,6 +91,11 @@ class Method:
 
     def sample(self, n: int, generator: torch.Generator, trajectory: bool = False) -> Sample:
         raise NotImplementedError
+
+    def likelihood_flow(self, generator: torch.Generator) -> Optional[LikelihoodFlow]:
+        """The flow whose change of variables gives this method's model density, or None when
+        the method has none (GANs, interacting particle flows)."""
+        return None
 
     def prior(self, n: int, generator: torch.Generator, scale: float = 1.0) -> Tensor:
         return scale * torch.randn(n, self.dim, generator=generator, device=self.device)

@@ -14,7 +14,7 @@ import torch
 import solvers
 
 from ..losses import denoising_score_matching_loss
-from .base import Method, adam, solver_sample, step_on
+from .base import LikelihoodFlow, Method, adam, solver_sample, step_on
 from .nets import EDMPrecond
 from .options import EDMOptions
 
@@ -42,6 +42,15 @@ def karras_grid(o: EDMOptions, device) -> Tensor:
     return solvers.karras_sigmas(o.sample_steps, o.sigma_min, o.sigma_max, o.rho).to(device=device, dtype=torch.float32)
 
 
+def edm_likelihood_flow(net: EDMPrecond, o: EDMOptions, device) -> LikelihoodFlow:
+    """The probability-flow ODE dx/dσ = (x − D(x; σ))/σ of the trained denoiser from σ_min (the
+    data end of the sampler) to σ_max, with the prior N(0, (σ_max² + σ_data²) I) (our choice: the
+    Gaussian with p_σmax's second moment, see ``solvers.edm_prior``)."""
+    ts = torch.tensor([o.sigma_min, o.sigma_max], device=device)
+    return LikelihoodFlow(solvers.EDMFlow(net), ts, solvers.edm_prior(o.sigma_max, net.sigma_data),
+                          "EDM probability-flow ODE, sigma_min to sigma_max")
+
+
 class DenoiserMethod(Method):
     """A method whose training is EDM training of one denoiser ``self.net`` on the data."""
 
@@ -59,6 +68,9 @@ class DenoiserMethod(Method):
 
     def train_step(self, step):
         return {"loss": train_denoiser_step(self.net, self.opt, self.batch(), self.opts.p_mean, self.opts.p_std)}
+
+    def likelihood_flow(self, generator):
+        return edm_likelihood_flow(self.net, self.opts, self.device)
 
 
 class EDM(DenoiserMethod):

@@ -39,7 +39,7 @@ import solvers
 
 from ..ops import mmd_field
 from .base import Method, Sample, adam, step_on
-from .edm import data_sigma, karras_grid, train_denoiser_step
+from .edm import data_sigma, edm_likelihood_flow, karras_grid, train_denoiser_step
 from .nets import EDMPrecond, mlp
 from .options import GuidanceOptions
 
@@ -105,6 +105,11 @@ class MMDGuidance(Method):
         codes = self.codes()
         batch = codes[torch.randint(0, len(codes), (o.batch,), device=self.device)]
         return {"loss": train_denoiser_step(self.net, self.opt, batch, o.p_mean, o.p_std)}
+
+    def likelihood_flow(self, generator):
+        """The unguided model's (the EDM denoiser's) flow: the guided sampler's drift depends on the
+        whole particle set, so it has no per-sample density; none in latent mode either."""
+        return None if self.opts.latent else edm_likelihood_flow(self.net, self.opts, self.device)
 
     def load_state_dict(self, state):
         super().load_state_dict(state)

@@ -31,6 +31,7 @@ import torch
 from . import get_method
 from ..data import Dataset, load
 from .metrics import digits_classifier, evaluate
+from .nll import held_out_nll
 from .options import COMPARE_DEFAULT
 from .outdir import CHECKPOINT, Interrupted, NoWrites, OutDir, RunError, RunFailed, check
 from .parallel import Parallel, current, rank_seed, wrap_networks
@@ -300,8 +301,13 @@ def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen,
                "options": record["options"], "train_steps": total, "train_seconds": round(train_seconds, 3),
                "n_samples": n, "nfe": smp.nfe, "sample_seconds": round(sample_seconds, 4),
                "init": init_metrics, "final": final, "history": history}
-    if method == "mmd-guidance" and opts.guidance:
+    guided = method == "mmd-guidance" and opts.guidance
+    if guided:
         metrics["unguided"] = evaluate(m.sample(n_local, sample_gen(), guidance=0.0).x, ds, classifier, par)
+    nll = held_out_nll(m, ds, par, seed=record["seed"])
+    if nll is not None:  # the guided sampler has no density: its NLL is the unguided model's
+        (metrics["unguided"] if guided else final)["nll"] = nll["value"]
+        metrics["nll"] = nll
     figures: Dict[str, bytes] = {}
     # Every rank takes part in the gathers (collectives); only rank 0 draws. ``plots`` is the same
     # on every rank, so is whether a path was kept.
@@ -327,8 +333,9 @@ def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen,
         dirs.write(name, lambda p, c=content: p.write_bytes(c))
     dirs.write_text("metrics.json", json.dumps(metrics, indent=2))
     init = metrics["init"]
-    log(f"{method} on {data}: " + ", ".join(f"{k} {init[k]:.4g} -> {final[k]:.4g}" for k in final)
-        + f"; {smp.nfe} field evaluations per sample, sampling {sample_seconds:.2f} s; wrote {dirs.path}")
+    nll_text = f"; held-out NLL {nll['value']:.4g} {nll['units']}" if nll is not None else ""
+    log(f"{method} on {data}: " + ", ".join(f"{k} {init[k]:.4g} -> {final[k]:.4g}" for k in final if k in init)
+        + f"{nll_text}; {smp.nfe} field evaluations per sample, sampling {sample_seconds:.2f} s; wrote {dirs.path}")
     return metrics
 
 
@@ -365,13 +372,17 @@ def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = N
         rows.append({"method": name, "kind": res["kind"], **res["final"], "nfe": res["nfe"],
                      "sample_seconds": res["sample_seconds"], "train_seconds": res["train_seconds"]})
     dirs.write_text("compare.json", json.dumps(rows, indent=2))
-    keys = [k for k in rows[0] if k not in ("method", "kind", "nfe", "sample_seconds", "train_seconds")]
+    fixed = ("method", "kind", "nfe", "sample_seconds", "train_seconds")
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in fixed))  # nll only where a method has one
     lines = [f"# {data}: methods compared (seed {seed}, training steps {steps if steps is not None else 'default'})", "",
              "| method | kind | " + " | ".join(keys) + " | field evals / sample | sampling s | training s |",
              "|---|---|" + "---|" * (len(keys) + 3)]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['kind']} | " + " | ".join(f"{r[k]:.4g}" for k in keys)
+        lines.append(f"| {r['method']} | {r['kind']} | " + " | ".join(f"{r[k]:.4g}" if k in r else "—" for k in keys)
                      + f" | {r['nfe']} | {r['sample_seconds']:.3f} | {r['train_seconds']:.1f} |")
+    if "nll" in keys:
+        lines += ["", "nll: held-out negative log-likelihood by the probability-flow ODE (nats/dim on points, "
+                      "bits/dim on images); — where the method has no density."]
     dirs.write_text("compare.md", "\n".join(lines) + "\n")
     log("\n".join(lines))
     return rows
