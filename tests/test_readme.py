@@ -26,12 +26,19 @@ def test_api_tour_runs():
 
 
 def test_solvers_tour_runs():
-    ns = run_block("import solvers")
+    ns = run_block("DiffFlowSDE.from_samples")
     gk, data, x0 = ns["gk"], ns["data"], ns["x0"]
     start = float(gk.mmd2(x0, data))
     assert float(gk.mmd2(ns["x"], data)) < 0.1 * start
     assert float(gk.mmd2(ns["path"][-1], data)) < 0.1 * start
     assert float(torch.cdist(ns["y"], data).min(1).values.max()) < 0.05
+
+
+def test_adaptive_tour_runs():
+    ns = run_block("solvers.log_prob")
+    assert ns["path"].shape == (11, 256, 2) and ns["stats"].nfe > 0
+    assert ns["logp"].shape == (256,) and bool(torch.isfinite(ns["logp"]).all())
+    assert all(p.grad is not None for p in ns["net"].parameters())
 
 
 def test_ci_runs_the_readme_test_command():

@@ -75,6 +75,8 @@ def _comparable(metrics):
     drop = {"train_seconds", "sample_seconds"}
     out = {k: v for k, v in metrics.items() if k not in drop}
     out["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
+    if "nll" in out:
+        out["nll"] = {k: v for k, v in out["nll"].items() if k != "seconds"}
     return out
 
 
