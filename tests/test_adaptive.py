@@ -171,3 +171,14 @@ def test_gradients_flow_through_the_steps():
                  rtol=1e-10, atol=1e-10, save="last")
     (g,) = torch.autograd.grad(out.sum(), x0)
     torch.testing.assert_close(g, torch.full_like(g, 0.36787944117144233), rtol=1e-8, atol=0)
+
+
+@pytest.mark.slow
+def test_compile_compiles_the_field_and_gives_the_eager_numbers():
+    f = lambda t, x: -x * torch.cos(t)
+    ts = torch.linspace(0, 1, 3)
+    compiled, eager = SolverStats(), SolverStats()
+    a = odeint(f, torch.ones(4, 2), ts, method="dopri5", compile=True, stats=compiled)
+    b = odeint(f, torch.ones(4, 2), ts, method="dopri5", stats=eager)
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert compiled.nfe == eager.nfe

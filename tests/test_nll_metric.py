@@ -76,3 +76,14 @@ def test_log_prob_falls_back_to_autograd_for_our_fused_ops():
     with torch.no_grad():
         fused = solvers.log_prob(lambda t, y: gk.kde_score(y, data, bandwidth=0.5), x, ts, prior)
     torch.testing.assert_close(fused, solvers.log_prob(plain, x, ts, prior), rtol=0, atol=1e-10)
+
+
+def test_compare_table_has_an_nll_column_with_a_dash_where_there_is_no_density():
+    from gpflow_kernels.methods.runner import compare_table
+
+    common = {"nfe": 1, "sample_seconds": 0.1, "train_seconds": 1.0, "mmd2": 0.01, "energy": 0.02}
+    rows = [{"method": "gan", "kind": "Int-PM", **common}, {"method": "edm", "kind": "PM", **common, "nll": 1.25}]
+    lines = compare_table(rows, "moons", 0, 50)
+    assert "| mmd2 | energy | nll |" in lines[2]
+    assert lines[4].startswith("| gan | Int-PM | 0.01 | 0.02 | — |") and lines[5].startswith("| edm | PM | 0.01 | 0.02 | 1.25 |")
+    assert any(line.startswith("nll: held-out negative log-likelihood") for line in lines)

@@ -372,6 +372,15 @@ def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = N
         rows.append({"method": name, "kind": res["kind"], **res["final"], "nfe": res["nfe"],
                      "sample_seconds": res["sample_seconds"], "train_seconds": res["train_seconds"]})
     dirs.write_text("compare.json", json.dumps(rows, indent=2))
+    lines = compare_table(rows, data, seed, steps)
+    dirs.write_text("compare.md", "\n".join(lines) + "\n")
+    log("\n".join(lines))
+    return rows
+
+
+def compare_table(rows: List[Dict[str, Any]], data: str, seed: int, steps: Optional[int]) -> List[str]:
+    """The Markdown lines of ``gpflow compare``'s table: a column per metric any method reports
+    (— where a method has none, as nll for methods without a density)."""
     fixed = ("method", "kind", "nfe", "sample_seconds", "train_seconds")
     keys = list(dict.fromkeys(k for r in rows for k in r if k not in fixed))  # nll only where a method has one
     lines = [f"# {data}: methods compared (seed {seed}, training steps {steps if steps is not None else 'default'})", "",
@@ -383,6 +392,4 @@ def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = N
     if "nll" in keys:
         lines += ["", "nll: held-out negative log-likelihood by the probability-flow ODE (nats/dim on points, "
                       "bits/dim on images); — where the method has no density."]
-    dirs.write_text("compare.md", "\n".join(lines) + "\n")
-    log("\n".join(lines))
-    return rows
+    return lines
