@@ -151,19 +151,22 @@ def _lin(ks: Sequence[State], coeffs: Sequence[float], i: int, scale: float) -> 
 
 @torch.no_grad()
 def error_ratio(err: State, y0: State, y1: State, rtol: float, atol: float) -> float:
-    """max over state tensors of RMS(err / (atol + rtol max(|y0|, |y1|)))."""
-    worst = 0.0
+    """max over state tensors of RMS(err / (atol + rtol max(|y0|, |y1|))); inf if y1 is not finite.
+
+    One host read for the whole state: the step's accept/reject decision needs it anyway.
+    """
+    parts = []
     for e, a, b in zip(err, y0, y1):
         if e.numel() == 0:
             continue
         tol = torch.maximum(a.abs(), b.abs()).mul_(rtol).add_(atol)
-        r = float(e.div(tol).square().mean().sqrt())
-        # An infinite y1 makes tol infinite and the ratio 0: test y1 itself (sum first, exact test
-        # only when the sum is not finite, as in _checks.finite_after).
-        if not math.isfinite(r) or (not math.isfinite(float(b.sum())) and not bool(torch.isfinite(b).all())):
-            return math.inf
-        worst = max(worst, r)
-    return worst
+        # An infinite y1 makes tol infinite and the ratio 0: test y1 itself.
+        finite = torch.isfinite(b).all()
+        parts.append(torch.where(finite, e.div(tol).square().mean().sqrt(), torch.full_like(tol[(0,) * tol.dim()], math.inf)))
+    if not parts:
+        return 0.0
+    r = float(torch.stack([p.to(torch.float64) for p in parts]).max())
+    return r if math.isfinite(r) else math.inf
 
 
 def rk_step(func, tab: Tableau, t0: float, h: float, y0: State, f0: State, time) -> Tuple[State, List[State], State]:

@@ -70,8 +70,8 @@ def _bad(tmp_path, case):
         np.save(p, X[:, 0])
     elif case == "rank3":
         np.save(p, X.reshape(50, 3, 1))
-    elif case == "images":
-        np.save(p, np.zeros((4, 1, 8, 8), np.float32))
+    elif case == "rank5":
+        np.save(p, np.zeros((4, 1, 1, 8, 8), np.float32))
     elif case == "few":
         np.save(p, X[:3])
     elif case == "empty":
@@ -99,7 +99,8 @@ def _bad(tmp_path, case):
 
 BAD = {
     "nan": "NaN or infinite values (the first in row 7)", "inf": "NaN or infinite values (the first in row 3)",
-    "rank1": "expected (N, D) points", "rank3": "expected (N, D) points", "images": "(N, C, H, W) images are not supported",
+    "rank1": "expected (N, D) points", "rank3": "holds images of 3×1 pixels; at least 2×2 are needed",
+    "rank5": "expected (N, D) points or (N, H, W) / (N, C, H, W) images",
     "few": "at least 4 points", "empty": "at least 4 points", "strings": "expected real numbers", "bool": "expected real numbers",
     "csv-empty": "is empty", "csv-text": "line 3: not all numbers", "csv-ragged": "different numbers of columns",
     "garbage": "cannot be read as .npy", "pt-garbage": "cannot be read as .pt", "pt-list": "not a tensor of points",

@@ -2,8 +2,8 @@
 
 - ``dataset.py``: :class:`Dataset`, what every source fills;
 - ``embedded.py``: the 2-D sets and scikit-learn's 8×8 digits (nothing is downloaded);
-- ``files.py``: points from ``.npy``/``.npz``/``.pt``/``.csv`` files; ``paths.py`` checks a
-  ``--data`` value without torch.
+- ``files.py``: points from ``.npy``/``.npz``/``.pt``/``.csv`` files; ``images.py``: images from
+  rank-3/4 arrays and IDX files, and resizing; ``paths.py`` checks a ``--data`` value without torch.
 
 ``load(name_or_path, seed=...)`` is the one entry point. Contents load on first use (no torch
 at ``import gpflow_kernels.data``), so the command line can check ``--data`` before importing torch.

@@ -1,5 +1,7 @@
 """Points from the user's files: ``.npy``, ``.npz``, ``.pt``/``.pth`` and ``.csv`` holding (N, D) numbers.
 
+Arrays of rank 3 or 4 are images and IDX files are MNIST-format images: both go to ``images.py``.
+
 The rows are shuffled with the run's seed and split: the last ``n_test = min(N // 5, 2000)`` rows are
 held out for the metrics (at least 2), the rest are the training set (our choice, stated in the
 README). Values are used as given (float32): the methods' default options (bandwidths, step
@@ -16,16 +18,18 @@ import numpy as np
 import torch
 
 from .dataset import Dataset
-from .paths import check
+from .paths import check, is_idx
 
 #: Keys tried, in order, in a ``.npz`` or a ``.pt`` dictionary holding several arrays.
-KEYS = ("x", "data", "points", "X", "arr_0")
+KEYS = ("x", "data", "points", "images", "X", "arr_0")
+#: Keys of image labels in the same dictionary (used for the metrics' classifier).
+LABEL_KEYS = ("labels", "y", "targets")
 #: Fewest rows a file may hold: two held-out points for the unbiased MMD², two to train on.
 MIN_ROWS = 4
 
 
 def _pick(mapping, path: Path):
-    keys = list(mapping.keys())
+    keys = [k for k in mapping.keys() if k not in LABEL_KEYS]
     if len(keys) == 1:
         return mapping[keys[0]]
     for k in KEYS:
@@ -35,24 +39,34 @@ def _pick(mapping, path: Path):
                      "save the points under one of those names or alone")
 
 
+def _labels(mapping):
+    for k in LABEL_KEYS:
+        if k in mapping:
+            return torch.as_tensor(np.asarray(mapping[k]) if not isinstance(mapping[k], torch.Tensor) else mapping[k])
+    return None
+
+
 def _read(path: Path):
+    """(the array, labels stored beside it in the same .npz / .pt dictionary or None)."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return np.load(path, allow_pickle=False), None
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 if not z.files:
                     raise ValueError(f"{path} holds no arrays")
-                return _pick({k: z[k] for k in z.files}, path)
+                arrays = {k: z[k] for k in z.files}
+                return _pick(arrays, path), _labels(arrays)
         if suffix in (".pt", ".pth"):
             obj = torch.load(path, map_location="cpu", weights_only=True)
+            labels = None
             if isinstance(obj, dict):
-                obj = _pick(obj, path)
+                obj, labels = _pick(obj, path), _labels(obj)
             if not isinstance(obj, torch.Tensor):
                 raise ValueError(f"{path} holds a {type(obj).__name__}, not a tensor of points")
-            return obj
-        return _read_csv(path)
+            return obj, labels
+        return _read_csv(path), None
     except ValueError as e:
         if str(path) in str(e):
             raise
@@ -82,9 +96,14 @@ def _read_csv(path: Path):
 
 
 def load_points(path, *, seed: int = 0) -> Dataset:
-    """The (N, D) points in the file ``path``, split into training and held-out rows (see module doc)."""
+    """The (N, D) points in the file ``path``, split into training and held-out rows (see module doc);
+    images (rank-3/4 arrays, IDX files) as an image Dataset (``images.py``)."""
     path = check(str(path))
-    raw = _read(path)
+    if is_idx(path):
+        from .images import load_idx
+
+        return load_idx(path, seed, MIN_ROWS)
+    raw, labels = _read(path)
     if not isinstance(raw, torch.Tensor):
         raw = np.asarray(raw)
         if raw.dtype.kind not in "fiu":  # strings, objects, booleans, complex numbers
@@ -94,11 +113,13 @@ def load_points(path, *, seed: int = 0) -> Dataset:
     if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in
                                                         (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
         raise ValueError(f"{path} holds {t.dtype} values; expected real numbers")
-    if t.dim() == 4:
-        raise ValueError(f"{path} holds an array of shape {tuple(t.shape)}: (N, C, H, W) images are not supported "
-                         "yet (issue #15); flatten them to (N, C·H·W) to use them as points")
+    if t.dim() in (3, 4):
+        from .images import image_dataset
+
+        return image_dataset(path, t, labels, seed, MIN_ROWS)
     if t.dim() != 2:
-        raise ValueError(f"{path} holds an array of shape {tuple(t.shape)}; expected (N, D) points")
+        raise ValueError(f"{path} holds an array of shape {tuple(t.shape)}; expected (N, D) points or "
+                         "(N, H, W) / (N, C, H, W) images")
     if t.shape[0] < MIN_ROWS or t.shape[1] == 0:
         raise ValueError(f"{path} holds {t.shape[0]} points of dimension {t.shape[1]}; at least {MIN_ROWS} points "
                          "of dimension >= 1 are needed (2 are held out for the metrics)")

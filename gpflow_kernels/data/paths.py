@@ -1,7 +1,8 @@
 """What ``--data`` may name, checked without torch (the command line checks it before importing torch).
 
-A data set is one of the embedded names (``DATA_NAMES``) or a file of points:
-``.npy``, ``.npz``, ``.pt``/``.pth`` (a tensor) or ``.csv`` (numbers), holding an (N, D) array.
+A data set is one of the embedded names (``DATA_NAMES``) or a file: ``.npy``, ``.npz``,
+``.pt``/``.pth`` (a tensor) or ``.csv`` (numbers) holding (N, D) points or (N, H, W) / (N, C, H, W)
+images, or an MNIST-format ``*-images-idx3-ubyte`` file (gzipped or not).
 """
 
 from __future__ import annotations
@@ -11,8 +12,14 @@ from pathlib import Path
 
 from ..methods.options import DATA_NAMES
 
-#: File formats of point data (N, D).
+#: File formats of arrays: (N, D) points or (N, [C,] H, W) images.
 POINT_SUFFIXES = (".npy", ".npz", ".pt", ".pth", ".csv")
+#: How MNIST-format image files end (the labels file beside them ends in idx1-ubyte).
+IDX_ENDINGS = ("-idx3-ubyte", "-idx3-ubyte.gz", ".idx3-ubyte", ".idx3-ubyte.gz")
+
+
+def is_idx(path: Path) -> bool:
+    return path.name.lower().endswith(IDX_ENDINGS)
 
 
 def is_file_data(value: str) -> bool:
@@ -26,16 +33,17 @@ def check(value: str) -> Path:
     p = Path(value).expanduser()
     looks_like_path = os.sep in value or p.suffix != "" or p.exists()
     if not looks_like_path:
-        raise ValueError(f"unknown data set {value!r}; choose one of {names}, or give a file of points "
-                         f"({', '.join(POINT_SUFFIXES)})")
+        raise ValueError(f"unknown data set {value!r}; choose one of {names}, or give a file of points or "
+                         f"images ({', '.join(POINT_SUFFIXES)}, *-images-idx3-ubyte[.gz])")
     if not p.exists():
         raise ValueError(f"--data {value}: no such file")
     if p.is_dir():
-        raise ValueError(f"--data {value} is a folder; folders of images are not supported yet (issue #15): "
-                         f"give a file of points ({', '.join(POINT_SUFFIXES)})")
-    if p.suffix.lower() not in POINT_SUFFIXES:
+        raise ValueError(f"--data {value} is a folder; folders of image files are not supported yet (they need "
+                         f"torchvision, issue #15): give an array file ({', '.join(POINT_SUFFIXES)}) or an IDX file")
+    if p.suffix.lower() not in POINT_SUFFIXES and not is_idx(p):
         raise ValueError(f"--data {value}: unsupported file type {p.suffix or '(none)'!r}; "
-                         f"use one of {', '.join(POINT_SUFFIXES)} holding an (N, D) array")
+                         f"use one of {', '.join(POINT_SUFFIXES)} holding an (N, D) or (N, [C,] H, W) array, "
+                         "or an *-images-idx3-ubyte[.gz] file")
     if not os.access(p, os.R_OK):
         raise ValueError(f"--data {value}: the file is not readable (permissions)")
     return p

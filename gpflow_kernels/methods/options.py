@@ -43,6 +43,7 @@ def _merged(cls: type, attr: str) -> Dict[str, Any]:
 @dataclass
 class Options:
     steps: int = 0          # training steps (0 for training-free flows)
+    image_size: int = 0     # image data: resize the shorter side to this and centre-crop a square; 0: as stored
 
     SIGNED: ClassVar[Dict[str, None]] = {}
     LOWER: ClassVar[Dict[str, Tuple[float, bool]]] = {}

@@ -30,13 +30,21 @@ def _limits(data: Dataset):
 
 
 def _grid(images: Tensor, rows: int, cols: int, shape) -> Tensor:
-    h, w = shape
-    imgs = images[: rows * cols].reshape(-1, h, w).clamp(-1, 1)
-    canvas = torch.zeros(rows * (h + 1) + 1, cols * (w + 1) + 1)  # mid-grey frames between images
+    """Flattened images (n, C·H·W) tiled on a canvas (H', W') for one channel, (H', W', 3) for RGB."""
+    c, h, w = shape if len(shape) == 3 else (1,) + tuple(shape)
+    imgs = images[: rows * cols].reshape(-1, c, h, w).clamp(-1, 1)
+    canvas = torch.zeros(c, rows * (h + 1) + 1, cols * (w + 1) + 1)  # mid-grey frames between images
     for k in range(len(imgs)):
-        r, c = divmod(k, cols)
-        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = imgs[k]
-    return canvas
+        r, col = divmod(k, cols)
+        canvas[:, 1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + col * (w + 1): 1 + col * (w + 1) + w] = imgs[k]
+    return canvas[0] if c == 1 else (canvas.permute(1, 2, 0) + 1) / 2  # RGB: imshow wants [0, 1]
+
+
+def _show(ax, canvas: Tensor) -> None:
+    if canvas.dim() == 2:
+        ax.imshow(canvas.numpy(), cmap="gray_r", vmin=-1, vmax=1)
+    else:
+        ax.imshow(canvas.numpy())
 
 
 def samples_png(path: Path, x: Tensor, data: Dataset, title: str) -> None:
@@ -44,7 +52,7 @@ def samples_png(path: Path, x: Tensor, data: Dataset, title: str) -> None:
     x = x.detach().float().cpu()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     if data.is_image:
-        ax.imshow(_grid(x, 8, 8, data.image_shape).numpy(), cmap="gray_r", vmin=-1, vmax=1)
+        _show(ax, _grid(x, 8, 8, data.image_shape))
         ax.axis("off")
     else:
         y = data.test[:2000]
@@ -72,7 +80,7 @@ def trajectory_png(path: Path, traj: Tensor, data: Dataset, title: str, label: s
         idx = torch.linspace(0, T - 1, cols).round().long()
         rows = min(traj.shape[1], 8)
         frames = traj[idx, :rows].transpose(0, 1).reshape(rows * cols, -1)
-        ax.imshow(_grid(frames, rows, cols, data.image_shape).numpy(), cmap="gray_r", vmin=-1, vmax=1)
+        _show(ax, _grid(frames, rows, cols, data.image_shape))
         ax.set_xlabel(f"{label} →")
         ax.set_xticks([])
         ax.set_yticks([])

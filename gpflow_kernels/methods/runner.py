@@ -30,7 +30,7 @@ import torch
 
 from . import get_method
 from ..data import Dataset, load
-from .metrics import digits_classifier, evaluate
+from .metrics import evaluate, image_classifier
 from .nll import held_out_nll
 from .options import COMPARE_DEFAULT
 from .outdir import CHECKPOINT, Interrupted, NoWrites, OutDir, RunError, RunFailed, check
@@ -164,6 +164,13 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         raise RunError(str(e)) from None
     _startup_check(sig)
     opts = cls.make_options(ds, dict(options or {}))
+    if opts.image_size:
+        from ..data.images import resized
+
+        try:
+            ds = resized(ds, opts.image_size)
+        except ValueError as e:
+            raise RunError(str(e)) from None
     n = (500 if ds.is_image else 1000) if n_samples is None else n_samples
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise RunError(f"--samples must be an integer >= 2, got {n!r}")
@@ -178,7 +185,7 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
             torch.manual_seed(rank_seed(seed, par.rank))
     first, stop = par.shard(n)
     n_local = stop - first
-    classifier = digits_classifier(ds) if ds.is_image else None
+    classifier = image_classifier(ds) if ds.is_image else None
     _startup_check(sig)
     # Methods that sample per global particle use one generator on every rank; the others a
     # stream per rank, so that the ranks' samples are independent.
@@ -333,7 +340,7 @@ def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen,
         dirs.write(name, lambda p, c=content: p.write_bytes(c))
     dirs.write_text("metrics.json", json.dumps(metrics, indent=2))
     init = metrics["init"]
-    nll_text = f"; held-out NLL {nll['value']:.4g} {nll['units']}" if nll is not None else ""
+    nll_text = f"; {'unguided ' if guided else ''}held-out NLL {nll['value']:.4g} {nll['units']}" if nll is not None else ""
     log(f"{method} on {data}: " + ", ".join(f"{k} {init[k]:.4g} -> {final[k]:.4g}" for k in final if k in init)
         + f"{nll_text}; {smp.nfe} field evaluations per sample, sampling {sample_seconds:.2f} s; wrote {dirs.path}")
     return metrics
