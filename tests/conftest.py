@@ -1,3 +1,4 @@
+import gzip
 import os
 
 import torch
@@ -69,3 +70,27 @@ def rng():
 
 def t64(a):
     return torch.as_tensor(np.asarray(a), dtype=torch.float64)
+
+
+# ----- a 16-image IDX set (tests/test_data_images.py, tests/test_nets.py) -----------------------
+
+def idx_bytes(arr: np.ndarray, code: int = 0x08, dtype=">u1") -> bytes:
+    head = bytes([0, 0, code, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+    return head + arr.astype(dtype).tobytes()
+
+
+def digit_images(n=16):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images[:n] * 255 / 16).astype(np.uint8), d.target[:n].astype(np.uint8)
+
+
+@pytest.fixture
+def idx_set(tmp_path):
+    x, y = digit_images()
+    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(idx_bytes(x))
+    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(idx_bytes(y))
+    return tmp_path / "t10k-images-idx3-ubyte.gz", x, y

@@ -1,8 +1,6 @@
 """Image data from arrays and IDX files: formats, scaling, resizing (against PIL), KID (against
 scikit-learn), bad data, and a few training steps of every method on a 16-image set."""
 
-import gzip
-
 import numpy as np
 import pytest
 import torch
@@ -13,27 +11,7 @@ from gpflow_kernels.methods import METHODS
 from gpflow_kernels.methods import metrics as M
 from gpflow_kernels.methods.runner import RunError, run_method
 
-
-def idx_bytes(arr: np.ndarray, code: int = 0x08, dtype=">u1") -> bytes:
-    head = bytes([0, 0, code, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
-    return head + arr.astype(dtype).tobytes()
-
-
-def digit_images(n=16):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return (d.images[:n] * 255 / 16).astype(np.uint8), d.target[:n].astype(np.uint8)
-
-
-@pytest.fixture
-def idx_set(tmp_path):
-    x, y = digit_images()
-    with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
-        f.write(idx_bytes(x))
-    with gzip.open(tmp_path / "t10k-labels-idx1-ubyte.gz", "wb") as f:
-        f.write(idx_bytes(y))
-    return tmp_path / "t10k-images-idx3-ubyte.gz", x, y
+from conftest import digit_images, idx_bytes
 
 
 def test_idx_gz_with_labels_beside(idx_set):

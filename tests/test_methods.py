@@ -177,7 +177,7 @@ def test_digits_run_reports_frechet_distance_and_coverage(tmp_path, monkeypatch)
     monkeypatch.setenv("GPFLOW_CACHE", str(tmp_path / "cache"))
     res = run_method("gan", "digits", tmp_path / "d", options={"steps": 150, "hidden": 128}, n_samples=200,
                      progress=False, log=lambda s: None)
-    assert set(res["final"]) == {"mmd2", "fd", "coverage"}
+    assert set(res["final"]) == {"mmd2", "fd", "kid", "coverage"}
     assert res["final"]["fd"] < 0.5 * res["init"]["fd"] and res["final"]["mmd2"] < res["init"]["mmd2"]
     assert (tmp_path / "d" / "samples.png").stat().st_size > 1000
     assert (tmp_path / "d" / "trajectory.png").stat().st_size > 1000

@@ -68,6 +68,8 @@ class Method:
         # the training set, where minibatches come from); ``x_train`` stays the whole set.
         self.par = SINGLE
         self.batch_pool = self.x_train
+        #: the weights' moving average (``nets.EMA``) when the option ``ema`` is on; set by the runner
+        self.ema = None
 
     # ----- settings ---------------------------------------------------------------------------
     @classmethod
@@ -110,6 +112,8 @@ class Method:
     def state_dict(self) -> Dict[str, Any]:
         state = {f"module.{k}": m.state_dict() for k, m in self.modules().items()}
         state.update({f"optim.{k}": o.state_dict() for k, o in self.optimizers().items()})
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -117,6 +121,8 @@ class Method:
             m.load_state_dict(state[f"module.{k}"])
         for k, o in self.optimizers().items():
             o.load_state_dict(state[f"optim.{k}"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 def adam(params, lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:

@@ -20,7 +20,7 @@ import solvers
 
 from .base import Method, Sample, adam, step_on
 from .gan import disc_loss, gen_cost
-from .nets import ConditionedMLP, mlp
+from ..nets import discriminator, generator
 from .options import DiscFlowOptions, DistilledOptions
 
 Tensor = torch.Tensor
@@ -36,7 +36,7 @@ class DiscFlow(Method):
     def __init__(self, data, options, device):
         super().__init__(data, options, device)
         o = self.opts
-        self.f = ConditionedMLP(self.dim, o.hidden, o.depth, d_out=1).to(self.device)
+        self.f = discriminator(o, self.dim, data.image_shape, conditioned=True).to(self.device)
         self.opt = adam(self.f.parameters(), o.lr, betas=(0.5, 0.9))
         self.ts = torch.linspace(0.0, 1.0, o.flow_steps + 1, device=self.device)
 
@@ -90,7 +90,7 @@ class DistilledDiscFlow(DiscFlow):
 
     def __init__(self, data, options, device):
         super().__init__(data, options, device)
-        self.g = mlp(self.dim, self.dim, self.opts.hidden, self.opts.depth).to(self.device)
+        self.g = generator(self.opts, self.dim, self.dim, data.image_shape).to(self.device)
         self.g_opt = adam(self.g.parameters(), self.opts.gen_lr)
 
     @property

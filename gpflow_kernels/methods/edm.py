@@ -15,7 +15,7 @@ import solvers
 
 from ..losses import denoising_score_matching_loss
 from .base import LikelihoodFlow, Method, adam, solver_sample, step_on
-from .nets import EDMPrecond
+from ..nets import EDMPrecond, denoiser
 from .options import EDMOptions
 
 Tensor = torch.Tensor
@@ -57,7 +57,7 @@ class DenoiserMethod(Method):
     def __init__(self, data, options, device):
         super().__init__(data, options, device)
         o = self.opts
-        self.net = EDMPrecond(self.dim, o.hidden, o.depth, data_sigma(data.train, getattr(o, "sigma_data", 0.0))).to(self.device)
+        self.net = denoiser(o, self.dim, data.image_shape, data_sigma(data.train, getattr(o, "sigma_data", 0.0))).to(self.device)
         self.opt = adam(self.net.parameters(), o.lr)
 
     def modules(self):

@@ -16,7 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from .base import Method, Sample, adam, step_on
-from .nets import mlp
+from ..nets import discriminator, generator
 from .options import GANOptions
 
 Tensor = torch.Tensor
@@ -57,8 +57,8 @@ class GAN(Method):
     def __init__(self, data, options, device):
         super().__init__(data, options, device)
         o = self.opts
-        self.g = mlp(o.latent, self.dim, o.hidden, o.depth).to(self.device)
-        self.f = mlp(self.dim, 1, o.hidden, o.depth).to(self.device)
+        self.g = generator(o, o.latent, self.dim, data.image_shape).to(self.device)
+        self.f = discriminator(o, self.dim, data.image_shape).to(self.device)
         self.g_opt = adam(self.g.parameters(), o.lr, betas=(0.5, 0.9))
         self.f_opt = adam(self.f.parameters(), o.lr, betas=(0.5, 0.9))
 

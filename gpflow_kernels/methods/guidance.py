@@ -40,7 +40,7 @@ import solvers
 from ..ops import mmd_field
 from .base import Method, Sample, adam, step_on
 from .edm import data_sigma, edm_likelihood_flow, karras_grid, train_denoiser_step
-from .nets import EDMPrecond, mlp
+from ..nets import DCGANDiscriminator, DCGANGenerator, denoiser, mlp, use_conv
 from .options import GuidanceOptions
 
 Tensor = torch.Tensor
@@ -58,10 +58,15 @@ class MMDGuidance(Method):
         o = self.opts
         self.space_dim = o.latent or self.dim
         if o.latent:
-            self.enc = mlp(self.dim, o.latent, o.hidden, 2).to(self.device)
-            self.dec = mlp(o.latent, self.dim, o.hidden, 2).to(self.device)
+            if use_conv(o, data.image_shape):  # a convolutional autoencoder on images (latent diffusion)
+                self.enc = DCGANDiscriminator(data.image_shape, o.channels, d_out=o.latent).to(self.device)
+                self.dec = DCGANGenerator(o.latent, data.image_shape, o.channels).to(self.device)
+            else:
+                self.enc = mlp(self.dim, o.latent, o.hidden, 2).to(self.device)
+                self.dec = mlp(o.latent, self.dim, o.hidden, 2).to(self.device)
             self.ae_opt = adam(list(self.enc.parameters()) + list(self.dec.parameters()), o.lr)
-        self.net = EDMPrecond(self.space_dim, o.hidden, o.depth, data_sigma(data.train, o.sigma_data)).to(self.device)
+        self.net = denoiser(o, self.space_dim, None if o.latent else data.image_shape,
+                            data_sigma(data.train, o.sigma_data)).to(self.device)
         self.opt = adam(self.net.parameters(), o.lr)
         self._codes = None
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..ops import median_bandwidth, mmd2
 from ..data.dataset import Dataset
-from .nets import mlp
+from ..nets import mlp
 from .parallel import Parallel
 
 Tensor = torch.Tensor

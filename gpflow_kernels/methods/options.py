@@ -129,9 +129,22 @@ class NetOptions(Options):
     lr: float = 1e-3
     hidden: int = 128
     depth: int = 3
+    arch: str = "auto"       # "auto" (convolutional on images), "mlp" or "conv"
+    channels: int = 32       # width of the convolutional networks (the U-Net's first level)
+    ema: float = 0.0         # decay of the weights' moving average used for sampling; 0: off
+    precision: str = "fp32"  # "bf16": training under torch.autocast with bfloat16
+    compile: bool = False    # torch.compile the networks (nn.Module.compile: checkpoints unchanged)
 
-    LOWER = {"batch": (1, True), "lr": (0, False), "hidden": (1, True), "depth": (1, True)}
-    IMAGE = {"hidden": 256, "depth": 3}
+    LOWER = {"batch": (1, True), "lr": (0, False), "hidden": (1, True), "depth": (1, True), "channels": (1, True)}
+    CHOICES = {"arch": ("auto", "mlp", "conv"), "precision": ("fp32", "bf16")}
+    IMAGE = {"hidden": 256, "depth": 3, "ema": 0.999}
+
+    def check(self, method):
+        if not (self.ema == 0 or 0 < self.ema < 1):
+            raise OptionError(f"option ema of {method!r} must be 0 (off) or in (0, 1), got {self.ema}")
+        if self.compile and getattr(self, "penalty", 0) > 0:
+            raise OptionError(f"option compile=true of {method!r} needs penalty=0: torch.compile does not support "
+                              "the double backward of a gradient penalty")
 
 
 def _sigma_range(method: str, o) -> None:
@@ -160,6 +173,7 @@ class EDMOptions(NetOptions):
                              rho=7.0, sample_steps=28, churn=0.0, sigma_data=0.5)}
 
     def check(self, method):
+        super().check(method)
         _sigma_range(method, self)
 
 
@@ -195,6 +209,7 @@ class ScoreGANOptions(NetOptions):
                              sigma_data=0.5)}
 
     def check(self, method):
+        super().check(method)
         _sigma_range(method, self)
 
 
@@ -264,6 +279,7 @@ class DiffFlowOptions(NetOptions):
     IMAGE = {"sigma_max": 4.0, "sigma_min": 0.3}
 
     def check(self, method):
+        super().check(method)
         if self.mix > 1:
             raise OptionError(f"option mix of {method!r} must be in [0, 1], got {self.mix}")
         _sigma_range(method, self)

@@ -17,6 +17,7 @@ and flows it is the particles' path at generation time. Training-free runs (flow
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -174,10 +175,21 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     n = (500 if ds.is_image else 1000) if n_samples is None else n_samples
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise RunError(f"--samples must be an integer >= 2, got {n!r}")
+    if getattr(opts, "arch", "mlp") == "conv" and not ds.is_image:
+        raise RunError(f"option arch=conv needs image data; {data} holds points")
+    if getattr(opts, "precision", "fp32") == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RunError(f"precision=bf16: {torch.cuda.get_device_name(dev)} has no bfloat16 support")
     ds = ds.to(dev)
     torch.manual_seed(seed)
     m = cls(ds, opts, dev)
     m.par = par
+    if getattr(opts, "ema", 0) > 0 and m.modules():
+        from ..nets import EMA
+
+        m.ema = EMA(m.modules(), opts.ema)
+    if getattr(opts, "compile", False):
+        for module in m.modules().values():
+            module.compile()  # in place: parameter names, checkpoints and DDP unchanged
     if par.world > 1:
         m.batch_pool = m.x_train[slice(*par.shard(len(m.x_train)))]
         wrap_networks(m, par, dev)
@@ -237,8 +249,12 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     import solvers  # the particle solvers' error type (layer 3 may import them)
 
     try:
+        bf16 = getattr(opts, "precision", "fp32") == "bf16"
         while step < total and not par.any(sig.signum is not None) and not (stop_after is not None and step >= stop_after):
-            stats = m.train_step(step)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                stats = m.train_step(step)
+            if m.ema is not None:
+                m.ema.update(m.modules(), step)
             _finite_stats(stats, step + 1, dirs, last_ckpt)
             step += 1
             if step % max(1, total // 50) == 0 or step == total:
@@ -271,9 +287,11 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     if stop_after is not None and step < total:
         return {"stopped_at": step}
     try:
-        return _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, n_local, total,
-                       train_seconds, history, snapshots, init_metrics, checkpoint if total == 0 else None, plots, opts,
-                       log, sig, par)
+        # Sampling and the likelihood use the weights' moving average when there is one.
+        with (m.ema.swapped(m.modules()) if m.ema is not None else contextlib.nullcontext()):
+            return _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen, n, n_local, total,
+                           train_seconds, history, snapshots, init_metrics, checkpoint if total == 0 else None, plots,
+                           opts, log, sig, par)
     except solvers.NonFiniteError as e:
         raise RunFailed(f"sampling failed: {e}; smaller step sizes (options step_size, eps, eta, guidance, "
                         f"sample_steps) keep particles finite; {dirs.describe_checkpoint(last_ckpt)}") from None
@@ -308,6 +326,11 @@ def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen,
                "options": record["options"], "train_steps": total, "train_seconds": round(train_seconds, 3),
                "n_samples": n, "nfe": smp.nfe, "sample_seconds": round(sample_seconds, 4),
                "init": init_metrics, "final": final, "history": history}
+    per_second = None
+    if total > 0 and train_seconds > 0 and getattr(opts, "batch", 0):
+        # Training examples drawn per second (batch × steps / seconds, all ranks together).
+        per_second = opts.batch * total * par.world / train_seconds
+        metrics["train_images_per_second" if ds.is_image else "train_points_per_second"] = round(per_second, 1)
     guided = method == "mmd-guidance" and opts.guidance
     if guided:
         metrics["unguided"] = evaluate(m.sample(n_local, sample_gen(), guidance=0.0).x, ds, classifier, par)
@@ -342,7 +365,8 @@ def _finish(m, cls, method, data, ds, dev, dirs, record, classifier, sample_gen,
     init = metrics["init"]
     nll_text = f"; {'unguided ' if guided else ''}held-out NLL {nll['value']:.4g} {nll['units']}" if nll is not None else ""
     log(f"{method} on {data}: " + ", ".join(f"{k} {init[k]:.4g} -> {final[k]:.4g}" for k in final if k in init)
-        + f"{nll_text}; {smp.nfe} field evaluations per sample, sampling {sample_seconds:.2f} s; wrote {dirs.path}")
+        + f"{nll_text}" + (f"; training {per_second:.0f} {'images' if ds.is_image else 'points'}/s" if per_second else "")
+        + f"; {smp.nfe} field evaluations per sample, sampling {sample_seconds:.2f} s; wrote {dirs.path}")
     return metrics
 
 

@@ -27,7 +27,7 @@ Tensor = torch.Tensor
 from ..ops import kde_score
 from .base import Method, Sample, adam, step_on
 from .edm import data_sigma, train_denoiser_step
-from .nets import EDMPrecond, mlp
+from ..nets import denoiser, generator
 from .options import ScoreGANOptions
 
 
@@ -49,11 +49,11 @@ class ScoreGAN(Method):
         super().__init__(data, options, device)
         o = self.opts
         sd = data_sigma(data.train, o.sigma_data)
-        self.data_net = EDMPrecond(self.dim, o.hidden, o.depth, sd).to(self.device)
+        self.data_net = denoiser(o, self.dim, data.image_shape, sd).to(self.device)
         self.data_opt = adam(self.data_net.parameters(), o.lr)
-        self.gen_net = EDMPrecond(self.dim, o.hidden, o.depth, sd).to(self.device)
+        self.gen_net = denoiser(o, self.dim, data.image_shape, sd).to(self.device)
         self.gen_opt = adam(self.gen_net.parameters(), o.lr)
-        self.g = mlp(o.latent, self.dim, o.hidden, o.depth).to(self.device)
+        self.g = generator(o, o.latent, self.dim, data.image_shape).to(self.device)
         self.g_opt = adam(self.g.parameters(), o.gen_lr, betas=(0.5, 0.9))
 
     @property

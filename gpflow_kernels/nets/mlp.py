@@ -1,4 +1,4 @@
-"""Small networks shared by the methods: MLPs, noise/time-conditioned MLPs, EDM preconditioning."""
+"""MLPs: plain, noise/time-conditioned, and EDM preconditioning around a backbone."""
 
 from __future__ import annotations
 
@@ -50,12 +50,13 @@ class EDMPrecond(nn.Module):
     """Karras et al. (2022) preconditioning: D(x; σ) = c_skip x + c_out F(c_in x, c_noise).
 
     c_skip = σ_d² / (σ² + σ_d²), c_out = σ σ_d / sqrt(σ² + σ_d²), c_in = 1 / sqrt(σ² + σ_d²),
-    c_noise = ln(σ) / 4. x: (N, D); σ: a number, () or (N,).
+    c_noise = ln(σ) / 4. x: (N, D); σ: a number, () or (N,). F is a noise-conditioned MLP unless a
+    ``backbone`` F(x, c_noise) is given (the U-Net on images).
     """
 
-    def __init__(self, dim: int, hidden: int, depth: int, sigma_data: float):
+    def __init__(self, dim: int, hidden: int, depth: int, sigma_data: float, backbone: nn.Module = None):
         super().__init__()
-        self.F = ConditionedMLP(dim, hidden, depth)
+        self.F = ConditionedMLP(dim, hidden, depth) if backbone is None else backbone
         self.sigma_data = float(sigma_data)
 
     def forward(self, x: Tensor, sigma) -> Tensor:
