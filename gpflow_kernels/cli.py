@@ -20,7 +20,7 @@ import dataclasses
 import os
 import re
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .data import paths as data_paths
 from .methods.options import COMPARE_DEFAULT, DATA_NAMES, IMAGE_DATA, OPTIONS, OptionError
@@ -46,6 +46,22 @@ def parse_sets(method: str, items: List[str]) -> Dict[str, Any]:
     return out
 
 
+def compare_sets(names: List[str], items: List[str]) -> Dict[str, Dict[str, Any]]:
+    """compare's --set: each option goes to the methods that have it; one no method has is an error."""
+    per = {name: {} for name in names}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise RunError(f"--set takes KEY=VALUE, got {item!r}")
+        takers = [n for n in names if key in OPTIONS[n].types()]
+        if not takers:
+            raise RunError(f"--set {key}: none of the compared methods ({', '.join(names)}) has that option")
+        for n in takers:
+            per[n][key] = OPTIONS[n].parse(n, key, value.strip())
+    return per
+
+
 def _methods_text() -> str:
     from .methods import METHODS
 
@@ -54,8 +70,8 @@ def _methods_text() -> str:
         lines.append(f"{name:13s} {cls.kind:7s} {cls.summary}  [{cls.paper}]")
         opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Options))
         lines.append(f"{'':21s} options: {opts}")
-    lines.append(f"\ndata sets: {', '.join(DATA_NAMES)}; or a file of (N, D) points "
-                 f"({', '.join(data_paths.POINT_SUFFIXES)})")
+    lines.append(f"\ndata sets: {', '.join(DATA_NAMES)}; or a file of (N, D) points or (N, [C,] H, W) images "
+                 f"({', '.join(data_paths.POINT_SUFFIXES)}), or an *-images-idx3-ubyte[.gz] file")
     return "\n".join(lines)
 
 
@@ -72,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", default=",".join(COMPARE_DEFAULT), help="comma-separated method names")
     for q in (r, c):
         q.add_argument("--data", required=True, help="one of: " + ", ".join(DATA_NAMES)
-                       + "; or a file of (N, D) points: " + ", ".join(data_paths.POINT_SUFFIXES))
+                       + "; or a file of (N, D) points or (N, [C,] H, W) images: " + ", ".join(data_paths.POINT_SUFFIXES)
+                       + ", or an *-images-idx3-ubyte[.gz] file")
         q.add_argument("--out", required=True, help="output folder")
         q.add_argument("--steps", type=int, default=None, help="training steps (default: the method's)")
         q.add_argument("--seed", type=int, default=0)
@@ -81,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads for torch (default: torch's choice, all cores); set it on shared machines")
         q.add_argument("--quiet", action="store_true", help="no progress output")
         q.add_argument("--debug", action="store_true", help="show the traceback of a failure")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a method option (repeatable)")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="a method option (repeatable); compare gives it to every method that has it")
     r.add_argument("--samples", type=int, default=None, help="samples for the metrics and figures (>= 2)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     r.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
@@ -125,14 +143,17 @@ def _checked_run(args) -> Dict[str, Any]:
                 n_samples=args.samples, ckpt_every=args.ckpt_every, plots=not args.no_plots, progress=not args.quiet)
 
 
-def _checked_compare(args) -> List[str]:
+def _checked_compare(args) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
     _check_common(args)
     names = [s.strip() for s in args.methods.split(",") if s.strip()]
     unknown = [s for s in names if s not in OPTIONS]
     if unknown or not names:
         raise RunError(f"unknown method(s) {unknown}; choose from {', '.join(OPTIONS)}")
+    per = compare_sets(names, args.set)
+    for name in names:  # each method's options checked now, before torch is imported
+        OPTIONS[name].build(name, per[name], is_image=args.data in IMAGE_DATA)
     check(args.out)
-    return names
+    return names, per
 
 
 def _fail(code: int, text: str) -> int:
@@ -154,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(_methods_text())
             return 0
         if args.command == "compare":
-            names = _checked_compare(args)
+            names, per_method = _checked_compare(args)
         else:
             kwargs = _checked_run(args)
         started = True
@@ -174,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             par, device = parallel.from_env(args.device)
             if args.command == "compare":
                 compare(args.data, args.out, methods=names, steps=args.steps, seed=args.seed, device=device,
-                        progress=not args.quiet)
+                        progress=not args.quiet, options=per_method)
             else:
                 run_method(args.method, args.data, args.out, **{**kwargs, "device": device}, parallel=par)
             parallel.close(ok=True)

@@ -130,3 +130,13 @@ def test_layers_import_downward_only():
     probe = "import sys, gpflow_kernels; print(sorted(m for m in sys.modules if m == 'solvers' or m.startswith('gpflow_kernels.methods')))"
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def test_compare_set_goes_to_the_methods_that_have_the_option(tmp_path):
+    from gpflow_kernels.cli import compare_sets
+    from gpflow_kernels.methods.outdir import RunError
+
+    per = compare_sets(["gan", "mmd-flow"], ["batch=64", "n_data=300", "image_size=16"])
+    assert per == {"gan": {"batch": 64, "image_size": 16}, "mmd-flow": {"n_data": 300, "image_size": 16}}
+    with pytest.raises(RunError, match="none of the compared methods"):
+        compare_sets(["gan"], ["guidance=3"])

@@ -379,8 +379,10 @@ def _png(draw, *args) -> bytes:
 
 
 def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = None, seed: int = 0,
-            device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> List[Dict[str, Any]]:
+            device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print,
+            options: Optional[Dict[str, Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
     """Run several methods with one training budget (``steps``, where they train) and tabulate them.
+    ``options``: per-method option overrides (method name -> {option: value}).
 
     Writes ``out/METHOD/`` per method, ``out/compare.json`` and ``out/compare.md`` (a table in the
     manner of the GPM paper: PM vs Int-PM, quality, field evaluations per sample, sampling time).
@@ -395,7 +397,7 @@ def compare(data: str, out, *, methods=COMPARE_DEFAULT, steps: Optional[int] = N
     rows = []
     for name in methods:
         cls = get_method(name)
-        opts = {}
+        opts = dict((options or {}).get(name, {}))
         if steps is not None and cls.kind != "flow":
             opts["steps"] = steps
         res = run_method(name, data, out / name, options=opts, seed=seed, device=device,
