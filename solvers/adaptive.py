@@ -210,8 +210,8 @@ class Dense:
 
 
 def initial_step(func, t0: float, y0: State, f0: State, order: int, rtol: float, atol: float,
-                 direction: float, span: float, time) -> Tuple[float, int]:
-    """Hairer's starting step (Solving ODEs I, §II.4): (|h|, field evaluations used)."""
+                 direction: float, span: float, time) -> float:
+    """Hairer's starting step |h| (Solving ODEs I, §II.4); one field evaluation beyond f0."""
     def norm(z):
         z = tuple(zi.detach() for zi in z)
         return max(float(zi.div(yi.detach().abs().mul(rtol).add(atol)).square().mean().sqrt()) for zi, yi in zip(z, y0) if zi.numel())
@@ -224,12 +224,12 @@ def initial_step(func, t0: float, y0: State, f0: State, order: int, rtol: float,
         f1 = func(time(t0 + direction * h0), y1)
     d2 = norm(tuple(a - b for a, b in zip(f1, f0))) / h0
     if not math.isfinite(d2):
-        return h0, 1
+        return h0
     if max(d1, d2) <= 1e-15:
         h1 = max(1e-6, h0 * 1e-3)
     else:
         h1 = (0.01 / max(d1, d2)) ** (1.0 / order)
-    return min(100 * h0, h1, span), 1
+    return min(100 * h0, h1, span)
 
 
 def check_tolerances(rtol, atol, max_steps, what: str = "") -> None:
@@ -256,18 +256,15 @@ def solve(
     first_step: Optional[float] = None,
     controller: PIController = PIController(),
     stats: Optional[SolverStats] = None,
-    time_like: Optional[Tensor] = None,
     check_finite: bool = True,
     on_output: Optional[Callable[[int, State], None]] = None,
-    step_fn=None,
 ) -> State:
     """Integrate from ts[0] through every ts[i] (strictly monotone Python floats); returns the
     final state, and hands the state at each ts[i], i ≥ 1, to ``on_output(i, state)``.
 
-    ``step_fn`` replaces :func:`rk_step` (the compiled step of ``odeint(..., compile=True)``).
     ``max_steps`` counts accepted and rejected steps.
     """
-    like = y0[0] if time_like is None else time_like
+    like = y0[0]
     time = lambda t: torch.tensor(t, dtype=like.dtype, device=like.device)
     stats = SolverStats() if stats is None else stats
 
@@ -275,7 +272,6 @@ def solve(
         stats.nfe += 1
         return func(t, y)
 
-    step = rk_step if step_fn is None else step_fn
     t, t_end = float(ts[0]), float(ts[-1])
     direction = 1.0 if t_end > t else -1.0
     f0 = f(time(t), y0)
@@ -284,7 +280,7 @@ def solve(
             got = tuple(fi.shape) if isinstance(fi, torch.Tensor) else type(fi).__name__
             raise ValueError(f"field must return a tensor shaped like the state {tuple(yi.shape)}, got {got}")
     if first_step is None:
-        habs, _ = initial_step(f, t, y0, f0, tableau.order, rtol, atol, direction, abs(t_end - t), time)
+        habs = initial_step(f, t, y0, f0, tableau.order, rtol, atol, direction, abs(t_end - t), time)
     else:
         habs = float(first_step)
     y = y0
@@ -309,7 +305,7 @@ def solve(
                                "field is too stiff or singular there for an explicit method at this tolerance")
         n_steps += 1
         h = direction * h_try
-        y1, ks, err = step(f, tableau, t, h, y, f0, time)
+        y1, ks, err = rk_step(f, tableau, t, h, y, f0, time)
         ratio = error_ratio(err, y, y1, rtol, atol)
         if not math.isfinite(ratio):
             # Non-finite stage values: shrink hard. Persistent ones (8 in a row, or 32 in all, as

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import Dataset
-from .paths import is_idx  # noqa: F401  (torch-free; re-exported for files.py)
 
 Tensor = torch.Tensor
 
