@@ -171,3 +171,24 @@ def test_every_method_trains_and_samples_on_a_16_image_set(idx_set, tmp_path, mo
         assert {"mmd2", "fd", "kid", "coverage"} <= set(res["final"]), method
     assert (tmp_path / "edm" / "samples.png").stat().st_size > 1000
     assert list((tmp_path / "cache").glob("classifier_v1_*.pt"))  # trained once on the labels, then cached
+
+
+def test_a_users_torchscript_feature_network(idx_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPFLOW_CACHE", str(tmp_path / "cache"))
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x, 2).flatten(1)
+
+    path = tmp_path / "features.pt"
+    torch.jit.script(Pool()).save(str(path))
+    kw = dict(n_samples=16, plots=False, progress=False, log=lambda s: None)
+    res = run_method("gan", str(idx_set[0]), tmp_path / "f", options={"steps": 2, "batch": 8, "features": str(path)}, **kw)
+    assert set(res["final"]) == {"mmd2", "fd", "kid"}  # no classes: no coverage
+    torch.save({"not": "a script"}, tmp_path / "bad.pt")
+    for bad, match in ((tmp_path / "bad.pt", "not a TorchScript file"), (tmp_path / "none.pt", "not a TorchScript file")):
+        with pytest.raises(RunError, match=match):
+            run_method("gan", str(idx_set[0]), tmp_path / "g", options={"steps": 2, "features": str(bad)}, **kw)
+    assert not (tmp_path / "g").exists()
+    with pytest.raises(RunError, match="features applies to image data"):
+        run_method("gan", "moons", tmp_path / "h", options={"steps": 2, "features": str(path)}, **kw)

@@ -143,6 +143,42 @@ def image_classifier(data: Dataset, *, cache: bool = True) -> Optional[LabelClas
 digits_classifier = image_classifier
 
 
+class FeatureNet:
+    """The user's feature network for FD and KID: a TorchScript module (``torch.jit.save``) mapping
+    images (N, C, H, W) in [−1, 1] to features (N, F). It has no classes, so no coverage."""
+
+    n_classes = None
+
+    def __init__(self, path, image_shape):
+        self.path, self.shape = str(path), tuple(image_shape) if len(image_shape) == 3 else (1,) + tuple(image_shape)
+        try:
+            self.module = torch.jit.load(self.path, map_location="cpu").eval()
+        except (RuntimeError, ValueError, OSError) as e:
+            raise ValueError(f"features={self.path}: not a TorchScript file ({str(e).splitlines()[0][:160]})") from None
+
+    def features(self, x: Tensor) -> Tensor:
+        out = self.module(x.reshape((len(x),) + self.shape))
+        if not isinstance(out, Tensor) or out.dim() < 2 or out.shape[0] != len(x):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"features={self.path} must map (N, C, H, W) images to (N, F) features; "
+                             f"for N = {len(x)} it returned {got}")
+        return out.flatten(1).double()
+
+
+def feature_space(data: Dataset, features: str = ""):
+    """What FD/KID are measured in: the user's feature network, else the labels' classifier, else None."""
+    if not data.is_image:
+        if features:
+            raise ValueError(f"option features applies to image data; {data.name} holds points")
+        return None
+    if features:
+        net = FeatureNet(features, data.image_shape)
+        with torch.no_grad():
+            net.features(data.test[:2].cpu())  # fail now, not after training
+        return net
+    return image_classifier(data)
+
+
 def kid(fx: Tensor, fy: Tensor) -> float:
     """Kernel Inception Distance form (Bińkowski et al. 2018): the unbiased MMD² with the cubic
     polynomial kernel k(a, b) = (aᵀb / d + 1)³ between two feature sets (float64). Computed on all
@@ -192,5 +228,6 @@ def evaluate(x: Tensor, data: Dataset, classifier: Optional[LabelClassifier] = N
         fx, fy = clf.features(xc), clf.features(y)
         out["fd"] = frechet_distance(fx, fy)
         out["kid"] = kid(fx, fy)
-        out["coverage"] = class_coverage(clf(xc).argmax(1), clf.n_classes)
+        if clf.n_classes is not None:
+            out["coverage"] = class_coverage(clf(xc).argmax(1), clf.n_classes)
     return out

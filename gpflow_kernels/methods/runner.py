@@ -31,7 +31,7 @@ import torch
 
 from . import get_method
 from ..data import Dataset, load
-from .metrics import evaluate, image_classifier
+from .metrics import evaluate, feature_space
 from .nll import held_out_nll
 from .options import COMPARE_DEFAULT
 from .outdir import CHECKPOINT, Interrupted, NoWrites, OutDir, RunError, RunFailed, check
@@ -197,7 +197,10 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
             torch.manual_seed(rank_seed(seed, par.rank))
     first, stop = par.shard(n)
     n_local = stop - first
-    classifier = image_classifier(ds) if ds.is_image else None
+    try:
+        classifier = feature_space(ds, opts.features)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     _startup_check(sig)
     # Methods that sample per global particle use one generator on every rank; the others a
     # stream per rank, so that the ranks' samples are independent.
