@@ -1,7 +1,8 @@
 """Held-out negative log-likelihood of a method's model, by ``solvers.log_prob`` on its flow.
 
-Units: nats per dimension for point data, −mean log p(y) / D over the first ``nll_points`` held-out
-points. Image data (``Dataset.levels`` set) are dequantised as usual: each pixel gets uniform
+Units: nats per dimension, −mean log p(y) / D over the first ``nll_points`` held-out points, for
+points and for images without pixel levels (float images, resized ones). Quantised images
+(``Dataset.levels`` set: uint8, the digits) are dequantised as usual: each pixel gets uniform
 noise over its bin of width Δ = 2 / (levels − 1) and the value is in bits per dimension,
 (−mean log p(y + u) / D − log Δ) / ln 2, an upper bound on the discrete model's bits/dim.
 

@@ -426,6 +426,6 @@ def compare_table(rows: List[Dict[str, Any]], data: str, seed: int, steps: Optio
         lines.append(f"| {r['method']} | {r['kind']} | " + " | ".join(f"{r[k]:.4g}" if k in r else "—" for k in keys)
                      + f" | {r['nfe']} | {r['sample_seconds']:.3f} | {r['train_seconds']:.1f} |")
     if "nll" in keys:
-        lines += ["", "nll: held-out negative log-likelihood by the probability-flow ODE (nats/dim on points, "
-                      "bits/dim on images); — where the method has no density."]
+        lines += ["", "nll: held-out negative log-likelihood by the probability-flow ODE (bits/dim on quantised "
+                      "images such as uint8 or the digits, nats/dim otherwise); — where the method has no density."]
     return lines
