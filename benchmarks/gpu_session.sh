@@ -16,6 +16,9 @@
 #                ratio table (OUTDIR/bench.json, OUTDIR/bench.md)
 #   dist         benchmarks/gpu_dist_check.py under torchrun, one rank per GPU (NCCL): the sharded
 #                ops on the GPU backends against one process, and their lse merge on the device
+#   images       image training on the device: edm and gan on the digits at 16×16 (U-Net / DCGAN,
+#                channels_last), fp32 then bf16 + compile; metrics.json (images/s, FD, KID, NLL)
+#                in OUTDIR/images/
 # Every call starts with the environment (versions, nvidia-smi) in OUTDIR/env.log. Wheels in
 # ./.whl (torchsde, pykeops, ... for a machine without a package index) are installed first; made
 # on a machine with one by
@@ -31,8 +34,8 @@ py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 status=0
 for stage in "$@"; do
-    case $stage in build|gputests|tests|check|bench|dist) ;;
-        *) echo "unknown stage '$stage' (build, gputests, tests, check, bench, dist)" >&2; exit 2 ;;
+    case $stage in build|gputests|tests|check|bench|dist|images) ;;
+        *) echo "unknown stage '$stage' (build, gputests, tests, check, bench, dist, images)" >&2; exit 2 ;;
     esac
 done
 
@@ -90,6 +93,15 @@ for stage in "$@"; do
         dist)
             ngpu=$($py -c "import torch; print(max(1, torch.cuda.device_count()))")
             run dist $py -m torch.distributed.run --standalone --nproc-per-node "$ngpu" benchmarks/gpu_dist_check.py ;;
+        images)
+            for m in edm gan; do
+                for mode in fp32 bf16; do
+                    extra=(); [ $mode = bf16 ] && extra=(--set precision=bf16 --set compile=true --set penalty=0)
+                    [ $m = edm ] && [ $mode = bf16 ] && extra=(--set precision=bf16 --set compile=true)
+                    run images $py -m gpflow_kernels run $m --data digits --out "$out/images/$m-$mode" --overwrite \
+                        --device cuda --steps 1000 --set image_size=16 --no-plots --quiet "${extra[@]}"
+                done
+            done ;;
     esac
 done
 exit $status
