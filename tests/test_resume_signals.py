@@ -72,7 +72,7 @@ def _interrupt_during_training(argv, rng):
 
 
 def _comparable(metrics):
-    drop = {"train_seconds", "sample_seconds"}
+    drop = {"train_seconds", "sample_seconds", "train_points_per_second", "train_images_per_second"}
     out = {k: v for k, v in metrics.items() if k not in drop}
     out["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
     if "nll" in out:
