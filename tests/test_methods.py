@@ -16,13 +16,13 @@ from gpflow_kernels.methods import METHODS, get_method
 from gpflow_kernels.methods.runner import Interrupted, RunError, run_method
 
 TINY = {
-    "edm": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10},
+    "edm": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10, "nll_points": 50},
     "score-gan": {"data_steps": 300, "steps": 300, "batch": 256, "hidden": 64, "gen_lr": 1e-3},
     "disc-flow": {"steps": 150, "batch": 128, "hidden": 64, "flow_steps": 5},
     "disc-flow-gen": {"steps": 150, "distill_steps": 150, "batch": 128, "hidden": 64, "flow_steps": 5},
     "gan": {"steps": 300, "batch": 128, "hidden": 64},
-    "diffflow": {"sample_steps": 40, "nll_points": 50},
-    "mmd-guidance": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10, "n_data": 300},
+    "diffflow": {"sample_steps": 40, "nll_points": 30},
+    "mmd-guidance": {"steps": 1000, "lr": 2e-3, "hidden": 64, "sample_steps": 10, "n_data": 300, "nll_points": 50},
     "mmd-flow": {"sample_steps": 40, "n_data": 500},
     "svgd": {"sample_steps": 60, "n_data": 500},
     "langevin": {"sample_steps": 5, "n_data": 500},
@@ -175,7 +175,8 @@ def test_flows_refuse_training_steps_and_unknown_methods_are_named(tmp_path):
 
 def test_digits_run_reports_frechet_distance_and_coverage(tmp_path, monkeypatch):
     monkeypatch.setenv("GPFLOW_CACHE", str(tmp_path / "cache"))
-    res = run_method("gan", "digits", tmp_path / "d", options={"steps": 150, "hidden": 128}, n_samples=200,
+    # MLPs (arch=mlp) keep this quick; the image networks on digit images: test_data_images.py.
+    res = run_method("gan", "digits", tmp_path / "d", options={"steps": 150, "hidden": 128, "arch": "mlp"}, n_samples=200,
                      progress=False, log=lambda s: None)
     assert set(res["final"]) == {"mmd2", "fd", "kid", "coverage"}
     assert res["final"]["fd"] < 0.5 * res["init"]["fd"] and res["final"]["mmd2"] < res["init"]["mmd2"]

@@ -24,13 +24,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 # Tiny settings: a few hundred milliseconds of training each, on 2-D data.
 TRAINED = {
-    "edm": ["steps=150", "batch=128", "hidden=32", "sample_steps=4"],
+    "edm": ["steps=150", "batch=128", "hidden=32", "sample_steps=4", "nll_points=20"],
     "score-gan": ["data_steps=60", "steps=60", "batch=64", "hidden=32"],
     "gan": ["steps=120", "batch=64", "hidden=32"],
     "disc-flow": ["steps=60", "batch=64", "hidden=32", "flow_steps=3"],
     "disc-flow-gen": ["steps=40", "distill_steps=40", "batch=64", "hidden=32", "flow_steps=3"],
-    "diffflow": ["scores=net", "steps=150", "batch=128", "hidden=32", "sample_steps=10"],
-    "mmd-guidance": ["steps=150", "batch=128", "hidden=32", "sample_steps=4", "n_data=100"],
+    "diffflow": ["scores=net", "steps=150", "batch=128", "hidden=32", "sample_steps=10", "nll_points=20"],
+    "mmd-guidance": ["steps=150", "batch=128", "hidden=32", "sample_steps=4", "n_data=100", "nll_points=20"],
 }
 
 
