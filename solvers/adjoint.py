@@ -101,6 +101,17 @@ class _AdjointSolve(torch.autograd.Function):
         return (None, None, None, None, None, gt.to(dtype=dtype, device=device)) + adj + gp
 
 
+def adjoint_options(field, opts: Dict, rtol, atol, adjoint_rtol, adjoint_atol, adjoint_params, max_steps):
+    """(the parameters to differentiate, the backward solve's options): ``adjoint_params`` or the
+    field's parameters when it is an ``nn.Module``; adjoint tolerances default to the forward ones."""
+    a_rtol = rtol if adjoint_rtol is None else adjoint_rtol
+    a_atol = atol if adjoint_atol is None else adjoint_atol
+    adaptive.check_tolerances(a_rtol, a_atol, max_steps, what="adjoint_")
+    params = adjoint_params if adjoint_params is not None else (
+        tuple(field.parameters()) if isinstance(field, torch.nn.Module) else ())
+    return tuple(params), dict(opts, rtol=float(a_rtol), atol=float(a_atol), first_step=None)
+
+
 def adjoint_solve(func: Callable[[Tensor, State], State], y0: State, ts: Tensor, params: Sequence[Tensor],
                   opts: Dict, adj_opts: Dict, stats) -> State:
     """States at every ts (each (T, *shape)), differentiable in y0, ts and ``params`` by the adjoint."""

@@ -30,7 +30,7 @@ from typing import Callable, Optional
 import torch
 
 from . import _checks, adaptive
-from .adjoint import adjoint_solve
+from .adjoint import adjoint_options, adjoint_solve
 
 Tensor = torch.Tensor
 
@@ -153,13 +153,8 @@ def log_prob(
     y0 = (x, x.new_zeros(x.shape[0]))
     opts = dict(tableau=tab, rtol=float(rtol), atol=float(atol), max_steps=max_steps)
     if adjoint:
-        a_rtol = rtol if adjoint_rtol is None else adjoint_rtol
-        a_atol = atol if adjoint_atol is None else adjoint_atol
-        adaptive.check_tolerances(a_rtol, a_atol, max_steps, what="adjoint_")
-        params = adjoint_params if adjoint_params is not None else (
-            tuple(field.parameters()) if isinstance(field, torch.nn.Module) else ())
-        ends = torch.stack([ts[0], ts[-1]])
-        z, ell = adjoint_solve(func, y0, ends, tuple(params), opts, dict(opts, rtol=float(a_rtol), atol=float(a_atol)), stats)
+        params, adj_opts = adjoint_options(field, opts, rtol, atol, adjoint_rtol, adjoint_atol, adjoint_params, max_steps)
+        z, ell = adjoint_solve(func, y0, torch.stack([ts[0], ts[-1]]), params, opts, adj_opts, stats)
         z, ell = z[-1], ell[-1]
     else:
         z, ell = adaptive.solve(func, y0, [float(ts[0]), float(ts[-1])], stats=stats, **opts)

@@ -211,13 +211,9 @@ def _odeint_adaptive(field, x, ts, tab, save, callback, check_finite, rtol, atol
                 controller=controller, check_finite=check_finite)
     func = lambda t, s: (field(t, s[0]),)
     if adjoint:
-        a_rtol = rtol if adjoint_rtol is None else adjoint_rtol
-        a_atol = atol if adjoint_atol is None else adjoint_atol
-        adaptive.check_tolerances(a_rtol, a_atol, max_steps, what="adjoint_")
-        params = adjoint_params if adjoint_params is not None else (
-            tuple(field.parameters()) if isinstance(field, torch.nn.Module) else ())
-        adj_opts = dict(opts, rtol=float(a_rtol), atol=float(a_atol), first_step=None)
-        (out,) = _adjoint.adjoint_solve(func, (x,), ts, tuple(params), opts, adj_opts, stats)
+        params, adj_opts = _adjoint.adjoint_options(field, opts, rtol, atol, adjoint_rtol, adjoint_atol,
+                                                    adjoint_params, max_steps)
+        (out,) = _adjoint.adjoint_solve(func, (x,), ts, params, opts, adj_opts, stats)
         if callback is not None:
             for i in range(1, out.shape[0]):
                 callback(i, ts[i], out[i])
