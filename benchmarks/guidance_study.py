@@ -23,7 +23,7 @@ import torch
 
 from gpflow_kernels.methods import get_method
 from gpflow_kernels.data import load
-from gpflow_kernels.methods.metrics import digits_classifier, evaluate
+from gpflow_kernels.methods.metrics import evaluate, image_classifier
 
 GRIDS = {
     # data set: (training steps, λ for "score", λ for "kick", witness bandwidths b)
@@ -45,7 +45,7 @@ def study(data_name, steps, lams_score, lams_kick, bandwidths, seeds, n_samples,
         for step in range(steps):
             m.train_step(step)
         log(f"{data_name} seed {seed}: trained {steps} steps in {time.perf_counter() - t0:.1f} s")
-        clf = digits_classifier(ds) if ds.is_image else None
+        clf = image_classifier(ds) if ds.is_image else None
         cases = [("none", 0.0, None)]
         cases += [("score", lam, b) for lam, b in itertools.product(lams_score, bandwidths)]
         cases += [("kick", lam, b) for lam, b in itertools.product(lams_kick, bandwidths)]

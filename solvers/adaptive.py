@@ -162,7 +162,7 @@ def error_ratio(err: State, y0: State, y1: State, rtol: float, atol: float) -> f
         tol = torch.maximum(a.abs(), b.abs()).mul_(rtol).add_(atol)
         # An infinite y1 makes tol infinite and the ratio 0: test y1 itself.
         finite = torch.isfinite(b).all()
-        parts.append(torch.where(finite, e.div(tol).square().mean().sqrt(), torch.full_like(tol[(0,) * tol.dim()], math.inf)))
+        parts.append(torch.where(finite, e.div(tol).square().mean().sqrt(), tol.new_tensor(math.inf)))
     if not parts:
         return 0.0
     r = float(torch.stack([p.to(torch.float64) for p in parts]).max())

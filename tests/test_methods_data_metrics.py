@@ -85,12 +85,12 @@ def test_digits_classifier_is_accurate_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("GPFLOW_CACHE", str(tmp_path))
     d = D.load("digits")
     state = torch.get_rng_state()
-    clf = M.digits_classifier(d)
+    clf = M.image_classifier(d)
     assert torch.equal(state, torch.get_rng_state())  # the caller's RNG stream is untouched
     acc = float((clf(d.test).argmax(1) == d.test_labels).double().mean())
     assert acc > 0.93
     assert (tmp_path / "digits_classifier_v1.pt").exists()
-    again = M.digits_classifier(d)
+    again = M.image_classifier(d)
     assert torch.equal(again(d.test), clf(d.test))
     scores = M.evaluate(d.test, d, clf)
     assert scores["coverage"] == 1.0 and abs(scores["fd"]) < 1e-6 and scores["mmd2"] < 0.01

@@ -42,7 +42,7 @@ def _pick(mapping, path: Path):
 def _labels(mapping):
     for k in LABEL_KEYS:
         if k in mapping:
-            return torch.as_tensor(np.asarray(mapping[k]) if not isinstance(mapping[k], torch.Tensor) else mapping[k])
+            return torch.as_tensor(mapping[k])
     return None
 
 

@@ -17,7 +17,6 @@ Images are stored flattened (N, C·H·W) with ``image_shape`` = (H, W) for one c
 from __future__ import annotations
 
 import gzip
-import math
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -164,6 +163,4 @@ def load_idx(path: Path, seed: int, min_rows: int) -> Dataset:
         if len(lab) != len(images):
             raise ValueError(f"{lab_path} holds {len(lab)} labels for the {len(images)} images of {path.name}")
         labels = torch.from_numpy(lab.astype(np.int64))
-    if not math.prod(images.shape[1:]):
-        raise ValueError(f"{path} holds images of shape {tuple(images.shape[1:])}")
     return image_dataset(path, images, labels, seed, min_rows)

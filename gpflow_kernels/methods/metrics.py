@@ -75,9 +75,6 @@ class LabelClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-DigitsClassifier = LabelClassifier
-
-
 def _cache_dir() -> Path:
     root = os.environ.get("GPFLOW_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "gpflow_kernels")
     return Path(root)
@@ -99,9 +96,6 @@ def train_classifier(data: Dataset, steps: int = 600, seed: int = 0) -> LabelCla
             loss.backward()
             opt.step()
     return clf.eval()
-
-
-train_digits_classifier = train_classifier
 
 
 def _cache_name(data: Dataset) -> str:
@@ -138,9 +132,6 @@ def image_classifier(data: Dataset, *, cache: bool = True) -> Optional[LabelClas
         except OSError:
             pass  # a read-only cache only costs retraining next time
     return clf
-
-
-digits_classifier = image_classifier
 
 
 class FeatureNet:
