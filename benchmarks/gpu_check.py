@@ -104,6 +104,8 @@ def check(n=3000, m=2500, dims=(1, 2, 3, 17, 64, 130), device="cuda"):
     """Accuracy of our GPU backends against float64 torch; raises SystemExit on a failure.
     (The tests run it on the CPU through TRITON_INTERPRET=1 with tiny sizes.)"""
     rows = []
+    # each row printed as soon as it is known: a launch that fails later leaves the rows before it
+    print("| op | D | backend | rel err fp32 | rel err fp64 |", flush=True)
     for d in dims:
         g = torch.Generator(device=device).manual_seed(d)
         x = torch.randn(2, n, d, device=device, generator=g)
@@ -115,10 +117,9 @@ def check(n=3000, m=2500, dims=(1, 2, 3, 17, 64, 130), device="cuda"):
             ref = f(X, Y, V, s, "torch")
             for be in backends(d, device):
                 e64 = None if be in TF32 else rel_err(call(f, (X, Y, V, s), be), ref)  # float64: always exact dots
-                rows.append((name, d, be, rel_err(call(f, (x, y, v, s), be), ref), e64))
-    print("| op | D | backend | rel err fp32 | rel err fp64 |")
-    for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2e} | {'-' if r[4] is None else f'{r[4]:.2e}'} |")
+                r = (name, d, be, rel_err(call(f, (x, y, v, s), be), ref), e64)
+                rows.append(r)
+                print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2e} | {'-' if r[4] is None else f'{r[4]:.2e}'} |", flush=True)
     bad = [r for r in rows if not (r[3] < BUDGET32.get(r[2], 1e-4) and (r[4] is None or r[4] < 1e-10))]
     if bad:
         raise SystemExit(f"accuracy check failed: {bad}")
@@ -157,13 +158,13 @@ def bench(quick):
     sizes = [(10_000, 2), (100_000, 2), (1_000_000, 2), (100_000, 3), (100_000, 16), (100_000, 64), (100_000, 128)]
     if quick:
         sizes = sizes[:2]
-    print("| op | N=M | D | impl | median ms | pairs/s | fraction of exp ceiling | fraction of dot ceiling |")
+    print("| op | N=M | D | impl | median ms | pairs/s | fraction of exp ceiling | fraction of dot ceiling |", flush=True)
     for name, n, d, impl, fn, pairs in timing_cases(sizes):
         ms = do_bench(fn, warmup=50, rep=300, return_mode="median")
         rate = pairs / (ms * 1e-3)
         dots = dot_fraction(impl, d, rate)
         print(f"| {name} | {n} | {d} | {impl} | {ms:.3f} | {rate:.3e} | {rate / EXP_PER_S:.2f} | "
-              f"{'-' if dots is None else f'{dots:.2f}'} |")
+              f"{'-' if dots is None else f'{dots:.2f}'} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@
 # on a machine with one by
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl torchsde==0.2.6 boltons trampoline
 #   pip wheel --no-deps -w .whl pykeops==2.3 keopscore==2.3
-# OUTDIR is $OUT where set (the device tool's folder), else ./gpu_out. The exit status is that of
+# STAGE_LIMIT=SECONDS bounds each stage (see run below). OUTDIR is $OUT where set (the device tool's folder), else ./gpu_out. The exit status is that of
 # the first stage that failed; later stages still run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,10 +39,28 @@ for stage in "$@"; do
     esac
 done
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-    $py -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/gpflow_site .whl/*.whl \
+# KeOps goes to a folder of its own, added only for the stages that time it (check, bench) and
+# only once a probe in a separate process has compiled and run one reduction on this GPU: seen on
+# an H100 with CUDA 13.0 (2026-11-25), pykeops 2.3's nvrtc compile segfaulted inside pytest-xdist
+# workers, which took the whole test stage down with it.
+keops=()
+for w in .whl/*.whl; do
+    [ -e "$w" ] || continue
+    case $(basename "$w") in pykeops-*|keopscore-*) keops+=("$w") ;; *) other+=("$w") ;; esac
+done
+if [ -n "${other+x}" ]; then
+    $py -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/gpflow_site "${other[@]}" \
         && export PYTHONPATH="$PYTHONPATH:/tmp/gpflow_site"
 fi
+keops_path=
+if [ ${#keops[@]} -gt 0 ] && $py -m pip install -q --no-index --no-deps --no-compile --upgrade \
+        --target /tmp/gpflow_keops "${keops[@]}"; then
+    if PYTHONPATH="$PYTHONPATH:/tmp/gpflow_keops" timeout 300 $py benchmarks/keops_probe.py >"$out/keops_probe.log" 2>&1
+    then keops_path=/tmp/gpflow_keops
+    fi
+    echo "KeOps probe: ${keops_path:+usable}${keops_path:-UNUSABLE, left out (see keops_probe.log)}"
+fi
+with_keops=(env "PYTHONPATH=$PYTHONPATH${keops_path:+:$keops_path}")
 
 {
     date -u
@@ -52,7 +70,7 @@ fi
 import importlib, sys, torch
 print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda)
 print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "NONE")
-for name in ("triton", "torchsde", "torchdiffeq", "pykeops", "xdist", "pytest_benchmark"):
+for name in ("triton", "torchsde", "torchdiffeq", "xdist", "pytest_benchmark", "pytest_timeout"):
     try:
         print(name, getattr(importlib.import_module(name), "__version__", "?"))
     except Exception as e:
@@ -61,11 +79,17 @@ EOF
 } >"$out/env.log" 2>&1
 cat "$out/env.log"
 
+# STAGE_LIMIT=SECONDS stops each stage after that long with SIGINT, on which pytest still prints
+# its summary of failures (a device call killed from outside returns no summary at all: pytest-xdist
+# reports failures only at the end).
+limit=()
+[ -n "${STAGE_LIMIT:-}" ] && limit=(timeout -s INT -k 20 "$STAGE_LIMIT")
+
 run() {  # run STAGE COMMAND...: log to OUTDIR/STAGE.log, keep the first failure's status
     local stage=$1 t0=$SECONDS rc
     shift
     echo "== $stage: $*" | tee -a "$out/$stage.log"
-    "$@" 2>&1 | tee -a "$out/$stage.log"
+    "${limit[@]}" "$@" 2>&1 | tee -a "$out/$stage.log"
     rc=${PIPESTATUS[0]}
     echo "== $stage: exit $rc after $((SECONDS - t0)) s" | tee -a "$out/$stage.log"
     [ "$status" -ne 0 ] || status=$rc
@@ -73,6 +97,8 @@ run() {  # run STAGE COMMAND...: log to OUTDIR/STAGE.log, keep the first failure
 
 xdist=()
 $py -c "import xdist" 2>/dev/null && xdist=(-n 8)
+# A hung test (a GPU wait that never returns) fails alone instead of eating the stage's time.
+$py -c "import pytest_timeout" 2>/dev/null && xdist+=(--timeout 300)
 gpu_tests=(tests/test_triton.py tests/test_cuda.py tests/test_solvers_fast_loops.py tests/test_solvers_ode.py
            tests/test_benchmark_scripts.py)
 
@@ -85,9 +111,9 @@ for stage in "$@"; do
         # Two torch threads per xdist worker: 8 workers × 2 = the machine's 16 cores.
         gputests) run gputests env OMP_NUM_THREADS=2 $py -m pytest -q -ra "${xdist[@]}" "${gpu_tests[@]}" ;;
         tests) run tests env OMP_NUM_THREADS=2 $py -m pytest -q -ra --run-slow "${xdist[@]}" tests ;;
-        check) run check $py benchmarks/gpu_check.py ${QUICK:+--quick} ;;
+        check) run check "${with_keops[@]}" $py benchmarks/gpu_check.py ${QUICK:+--quick} ;;
         bench)
-            run bench $py -m pytest -q benchmarks -k "gpu or cuda" --benchmark-only \
+            run bench "${with_keops[@]}" $py -m pytest -q benchmarks -k "gpu or cuda" --benchmark-only \
                 --benchmark-json="$out/bench.json" --benchmark-columns=median,iqr,rounds
             [ -f "$out/bench.json" ] && $py benchmarks/report.py "$out/bench.json" >"$out/bench.md" && cat "$out/bench.md" ;;
         dist)

@@ -158,18 +158,53 @@ def test_autotune_switch(monkeypatch):
 
     monkeypatch.setattr(common, "INTERPRET", False)
     monkeypatch.setattr(common, "AUTOTUNE", True)
-    tuned = [(c.kwargs["BN"], c.kwargs["BM"], c.num_warps) for c in common.configs()]
-    assert len(tuned) == 5 and len(set(tuned)) == 5
+    shape = lambda c: (c.kwargs["BN"], c.kwargs["BM"], c.num_warps, c.num_stages)  # noqa: E731
+    tuned = [shape(c) for c in common.configs()]
+    assert len(tuned) == 6 and len(set(tuned)) == 6 and tuned[-1] == common.SMALL
     monkeypatch.setattr(common, "AUTOTUNE", False)
-    (pinned,) = common.configs()
-    assert (pinned.kwargs["BN"], pinned.kwargs["BM"], pinned.num_warps, pinned.num_stages) == common.PINNED
-    assert common.PINNED[:3] in tuned  # the pinned shape is one of the tuned ones
+    assert [shape(c) for c in common.configs()] == [common.PINNED, common.SMALL]
+    assert common.PINNED in tuned  # the pinned shape is one of the tuned ones
     for value, want in [("0", False), ("1", True), (" 1 ", True)]:
         monkeypatch.setenv("GPFLOW_TRITON_AUTOTUNE", value)
         assert common._autotune_flag() is want
     monkeypatch.setenv("GPFLOW_TRITON_AUTOTUNE", "off")
     with pytest.raises(ValueError, match="GPFLOW_TRITON_AUTOTUNE must be 0 or 1, got 'off'"):
         common._autotune_flag()
+
+
+@pytest.mark.parametrize("autotune", [True, False])
+def test_prune_keeps_a_shape_that_fits_in_shared_memory(monkeypatch, autotune):
+    # On an H200 a float64 launch at D = 130 took a tuned shape needing 983 040 bytes of shared
+    # memory (the limit is 232 448) and died in Triton's launcher; prune adds SMALL wherever no
+    # tuned shape surely fits, and a pinned shape that may not fit is replaced by SMALL.
+    from gpflow_kernels._triton import common
+
+    monkeypatch.setattr(common, "INTERPRET", False)
+    monkeypatch.setattr(common, "AUTOTUNE", autotune)
+    monkeypatch.setattr(common, "shared_limit", lambda index: 232448)
+    shape = lambda c: (c.kwargs["BN"], c.kwargs["BM"], c.num_warps, c.num_stages)  # noqa: E731
+    cfgs = common.configs()
+    for dtype, d, small in [(torch.float32, 2, False), (torch.float32, 64, False), (torch.float64, 130, True),
+                            (torch.float64, 512, True), (torch.float32, 512, True)]:
+        q = torch.empty(1, 4, d, dtype=dtype)
+        kept = [shape(c) for c in common.prune(cfgs, {"q_ptr": q}, BD=common.pow2(d))]
+        if autotune:
+            assert kept == common.TUNED + ([common.SMALL] if small else []), (dtype, d)
+        else:
+            assert kept == [common.SMALL if small else common.PINNED], (dtype, d)
+        for bn, bm, w, st in kept:  # what is kept and surely fits is within the limit
+            if (bn, bm, w, st) != common.SMALL and not autotune:
+                assert common.shared_bound(bn, bm, st, common.pow2(d), q.element_size()) <= 232448
+
+
+def test_autotune_keys_name_the_tile_shape():
+    # a shape tuned at one D (or one kernel variant) is not reused at another
+    from gpflow_kernels._triton import kde, pairs
+
+    for kernel in (pairs._integral_kernel, pairs._field_kernel, pairs._hessian_kernel, kde._kde_fwd, kde._kde_bwd_x,
+                   kde._kde_bwd_y):
+        if hasattr(kernel, "keys"):  # an Autotuner (not under the interpreter's single shape)
+            assert {"N", "M", "D", "BD", "EXACT", "DOT"} <= set(kernel.keys), kernel.keys
 
 
 def test_triton_version_floor(monkeypatch):

@@ -12,6 +12,8 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
+from gpflow_kernels._triton.aot import compile_for  # noqa: E402
+
 
 def variants(dtype, exact, dot):
     import triton.language as tl
@@ -36,12 +38,6 @@ def variants(dtype, exact, dot):
     return out
 
 
-def compile_kernel(kernel, const, dtype, arch):
-    from gpflow_kernels._triton.aot import compile_for
-
-    return compile_for(kernel, const, dtype=dtype, arch=arch)
-
-
 # (dtype, exact differences?, SM, tl.dot precision): float32 under each of torch's float32 matmul
 # precisions ("ieee", "tf32x3", "tf32"; see common.DOT_PRECISION), float64 always "ieee".
 # Each case takes 20-60 s of ptxas on 2 cores (float64 for sm_80 the longest), so the whole matrix
@@ -50,15 +46,18 @@ CASES = [("fp32", True, 90, "ieee"), ("fp32", False, 90, "ieee"), ("fp64", False
          ("fp32", False, 90, "tf32x3"), ("fp32", False, 80, "tf32"), ("fp32", True, 80, "tf32x3")]
 
 
-def _compile_in_subprocess(dtype, exact, arch, dot, quick=False):
+def _in_subprocess(call: str, timeout=600):
     # A fresh interpreter without TRITON_INTERPRET: under the interpreter (as the other tests run
     # here) the kernels are not compilable objects.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_triton_compile as t; "
-            f"t.main({dtype!r}, {str(exact)!r}, {arch}, {dot!r}, {quick})")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    code = f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_triton_compile as t; t.{call}"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def _compile_in_subprocess(dtype, exact, arch, dot, quick=False):
+    _in_subprocess(f"main({dtype!r}, {str(exact)!r}, {arch}, {dot!r}, {quick})")
 
 
 def test_quick_every_kernel_function_compiles_for_sm90():
@@ -66,14 +65,49 @@ def test_quick_every_kernel_function_compiles_for_sm90():
 
 
 def main(dtype, exact, arch, dot, quick=False):
+    from gpflow_kernels._triton.common import PINNED, shared_bound
+
     todo = variants(dtype, exact == "True", dot)
     if quick:  # the first variant of each kernel function
         seen = set()
         todo = [(k, c) for k, c in todo if not (k in seen or seen.add(k))]
     for kernel, const in todo:
-        compiled = compile_kernel(kernel, const, dtype, int(arch))
+        compiled = compile_for(kernel, const, dtype=dtype, arch=int(arch), num_warps=PINNED[2], num_stages=PINNED[3],
+                               aligned=True)
         assert compiled.asm.get("cubin"), f"{kernel.fn.__name__} {const} produced no cubin"
+        bound = shared_bound(const["BN"], const["BM"], PINNED[3], const["BD"], 8 if dtype == "fp64" else 4)
+        assert compiled.metadata.shared <= bound, (kernel.fn.__name__, const, compiled.metadata.shared, bound)
     print("compiled", dtype, exact, arch, dot)
+
+
+def shared_main(dtype, d):
+    """Every kernel at point dimension d: common.shared_bound holds for every block shape, and the
+    SMALL shape fits in sm_90's shared memory (232 448 bytes a block)."""
+    import triton.language as tl
+
+    from gpflow_kernels._triton import kde, pairs
+    from gpflow_kernels._triton.common import SMALL, SUMS_DEFER, SUMS_ONES, SUMS_REDUCE, TUNED, pow2, shared_bound
+
+    bd, elem = pow2(d), 8 if dtype == "fp64" else 4
+    sums = SUMS_DEFER if d <= 3 and dtype == "fp32" else SUMS_ONES if d < bd else SUMS_REDUCE
+    kernels = [(pairs._field_kernel, dict(BP=4, KIND=0, HAS_A=True, HAS_UW=False, SUMS=sums)),
+               (pairs._integral_kernel, dict(BP=4, KIND=0, HAS_V=True, NP=0)),
+               (pairs._hessian_kernel, dict(KIND=0, HAS_A=True, G_ON_ROWS=False, WANT_A=True)),
+               (kde._kde_fwd, dict(SUMS=sums)), (kde._kde_bwd_x, {}), (kde._kde_bwd_y, {})]
+    for kernel, extra in kernels:
+        for bn, bm, warps, stages in TUNED + [SMALL]:
+            const = dict(D=d, BD=bd, EXACT=d <= 16, ACC=tl.float64 if dtype == "fp64" else tl.float32, DOT="ieee",
+                         BN=bn, BM=bm, **extra)
+            shared = compile_for(kernel, const, dtype=dtype, num_warps=warps, num_stages=stages, aligned=True).metadata.shared
+            assert shared <= shared_bound(bn, bm, stages, bd, elem), (kernel.fn.__name__, d, dtype, (bn, bm, stages), shared)
+            assert (bn, bm, warps, stages) != SMALL or shared <= 232448, (kernel.fn.__name__, d, dtype, shared)
+    print("shared memory within bounds", dtype, d)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype,d", [("fp64", 1), ("fp32", 1), ("fp64", 130), ("fp32", 512), ("fp64", 512)])
+def test_shared_memory_bound_and_the_small_shape(dtype, d):
+    _in_subprocess(f"shared_main({dtype!r}, {d})", timeout=1200)
 
 
 @pytest.mark.slow

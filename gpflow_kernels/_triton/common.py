@@ -8,6 +8,7 @@ centred by the launcher; accumulation is in the input dtype.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -69,13 +70,67 @@ def snap_tol(dtype: torch.dtype, dot: str) -> float:
     return 8.0 * (torch.finfo(torch.float64).eps if dtype == torch.float64 else DOT_EPS[dot])
 
 
+#: The block shape that every kernel fits in sm_90's shared memory (232 448 bytes a block) up to
+#: D = MAX_D in float64: at most 229 376 bytes, compiled ahead of time with Triton 3.6 for sm_90
+#: (tests/test_triton_compile.py). The tuned shapes need up to 983 040 bytes in float64 at D = 130.
+SMALL = (16, 16, 2, 1)
+TUNED = [(32, 32, 4, 2), PINNED, (128, 64, 8, 2), (64, 128, 8, 3), (128, 128, 8, 2)]
+
+
 def configs():
     """Block shapes to autotune over (one small shape under the interpreter, where tuning is moot;
-    one pinned shape when GPFLOW_TRITON_AUTOTUNE=0)."""
+    one pinned shape when GPFLOW_TRITON_AUTOTUNE=0), then SMALL, which ``prune`` keeps only where
+    the others may not fit in shared memory."""
     if INTERPRET:
         return [triton.Config({"BN": 16, "BM": 16}, num_warps=1)]
-    shapes = [(32, 32, 4, 2), PINNED, (128, 64, 8, 2), (64, 128, 8, 3), (128, 128, 8, 2)] if AUTOTUNE else [PINNED]
+    shapes = (TUNED if AUTOTUNE else [PINNED]) + [SMALL]
     return [triton.Config({"BN": bn, "BM": bm}, num_warps=w, num_stages=s) for bn, bm, w, s in shapes]
+
+
+def shared_bound(bn: int, bm: int, stages: int, bd: int, elem: int) -> int:
+    """An upper bound (bytes) on the shared memory of every kernel here for one block shape: stages + 3
+    feature tiles of max(BN, BM) × BD plus three BN × BM tiles (layout conversions), ``elem`` bytes an
+    element. Checked against Triton 3.6's sm_90 compiles of every kernel (tests/test_triton_compile.py)."""
+    return ((stages + 3) * max(bn, bm) * bd + 3 * bn * bm) * elem
+
+
+@functools.lru_cache(maxsize=None)
+def shared_limit(device_index: int) -> int:
+    """Shared memory a block may use on this GPU (bytes), as Triton checks it at launch."""
+    return int(triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"])
+
+
+def prune(configs, named_args, **kwargs):
+    """The autotuner's early_config_prune: the shapes to try for one launch. Tuning keeps every tuned
+    shape (the autotuner skips those that do not compile within the GPU's shared memory) and adds
+    SMALL unless one of them surely fits; with one pinned shape, SMALL replaces it unless it surely
+    fits. Without this a float64 launch at D = 130 took a shape needing 983 040 bytes and died with
+    Triton's OutOfResources (H200, 2026-11-25)."""
+    *shapes, small = configs
+    q = named_args["q_ptr"]
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device() if q.is_cuda else 0
+    limit = shared_limit(index)
+    fits = [c for c in shapes if shared_bound(c.kwargs["BN"], c.kwargs["BM"], c.num_stages, kwargs["BD"], q.element_size()) <= limit]
+    if AUTOTUNE:
+        return shapes if fits else shapes + [small]
+    return fits[:1] or [small]
+
+
+def autotune(*variant: str, sizes=("N", "M")):
+    """triton.autotune over ``configs()`` with ``prune``, tuned once per sizes, dtype and the
+    constexprs named in ``variant`` (those that change the tiles: a shape tuned at D = 64 does not
+    carry over to D = 130)."""
+    return triton.autotune(configs=configs(), key=[*sizes, *variant], prune_configs_by={"early_config_prune": prune},
+                           do_bench=_bench)
+
+
+def _bench(kernel_call, quantiles):
+    """The autotuner's timer: Triton's do_bench when tuning; with one pinned shape, one call (the
+    autotuner still "times" the single shape that ``prune`` leaves; nothing to choose between)."""
+    if not AUTOTUNE:
+        kernel_call()
+        return [0.0 for _ in quantiles]
+    return triton.testing.do_bench(kernel_call, quantiles=quantiles)
 
 
 @triton.jit

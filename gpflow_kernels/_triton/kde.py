@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .common import (EXACT_MAX_D, acc_dtype, column, configs, coordinate_sums, dot_precision, load_block, load_rows, pow2,
+from .common import (EXACT_MAX_D, acc_dtype, autotune, column, coordinate_sums, dot_precision, load_block, load_rows, pow2,
                      slot_tiles, sqdist, store_rows, sums_mode, with_ones)
 
 LOG2E = 1.4426950408889634
@@ -36,7 +36,7 @@ def _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D: tl.constexpr
     return out
 
 
-@triton.autotune(configs=configs(), key=["N", "M"])
+@autotune("D", "BD", "EXACT", "DOT", "SUMS")
 @triton.jit
 def _kde_fwd(q_ptr, s_ptr, inv_ptr, mu_ptr, lse_ptr, N, M, inv_bs,
              D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, SUMS: tl.constexpr,
@@ -96,7 +96,7 @@ def _kde_fwd(q_ptr, s_ptr, inv_ptr, mu_ptr, lse_ptr, N, M, inv_bs,
     tl.store(lse_ptr + rows, m + tl.log2(l), mask=rmask)
 
 
-@triton.autotune(configs=configs(), key=["N", "M"])
+@autotune("D", "BD", "EXACT", "DOT")
 @triton.jit
 def _kde_bwd_x(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv_bs,
                D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, BN: tl.constexpr,
@@ -125,7 +125,7 @@ def _kde_bwd_x(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv
     store_rows(out_ptr, rows, rmask, D, acc * inv, BD)
 
 
-@triton.autotune(configs=configs(), key=["N", "M"])
+@autotune("D", "BD", "EXACT", "DOT")
 @triton.jit
 def _kde_bwd_y(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv_bs,
                D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, BN: tl.constexpr,

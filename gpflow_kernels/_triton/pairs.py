@@ -12,13 +12,12 @@ import triton
 import triton.language as tl
 
 from ..kernels import fused_code as kernel_code
-from .common import (EXACT_MAX_D, acc_dtype, column, configs, coordinate_sums, dot_diff, dot_precision, load_block,
+from .common import (EXACT_MAX_D, acc_dtype, autotune, column, coordinate_sums, dot_diff, dot_precision, load_block,
                      load_rows, pow2, radial, slot_tiles, snap_tol, sqdist, store_rows, sums_mode, with_ones)
 
-KEY = ["N", "M", "K"]
 
 
-@triton.autotune(configs=configs(), key=KEY)
+@autotune("D", "BD", "BP", "EXACT", "KIND", "HAS_V", "DOT", "NP", sizes=("N", "M", "K"))
 @triton.jit
 def _integral_kernel(q_ptr, s_ptr, v_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, tol, pc, ph, peps2,
                      D: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr, EXACT: tl.constexpr,
@@ -65,7 +64,7 @@ def _integral_kernel(q_ptr, s_ptr, v_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, 
     store_rows(out_ptr, rows, rmask, P, acc, BP)
 
 
-@triton.autotune(configs=configs(), key=KEY)
+@autotune("D", "BD", "BP", "EXACT", "KIND", "HAS_A", "HAS_UW", "DOT", "SUMS", sizes=("N", "M", "K"))
 @triton.jit
 def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, tol, pc, ph, peps2,
                   D: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr, EXACT: tl.constexpr, KIND: tl.constexpr,
@@ -121,7 +120,7 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
     store_rows(out_ptr, rows, rmask, D, qt * wsum[:, None] - wy, BD)
 
 
-@triton.autotune(configs=configs(), key=KEY)
+@autotune("D", "BD", "EXACT", "KIND", "HAS_A", "G_ON_ROWS", "WANT_A", "DOT", sizes=("N", "M", "K"))
 @triton.jit
 def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M, K, inv_bs, tol, pc, ph, peps2,
                     D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, KIND: tl.constexpr, HAS_A: tl.constexpr,
