@@ -76,13 +76,17 @@ def main(dtype, exact, arch, dot, quick=False):
                                aligned=True)
         assert compiled.asm.get("cubin"), f"{kernel.fn.__name__} {const} produced no cubin"
         bound = shared_bound(const["BN"], const["BM"], PINNED[3], const["BD"], 8 if dtype == "fp64" else 4)
-        assert compiled.metadata.shared <= bound, (kernel.fn.__name__, const, compiled.metadata.shared, bound)
+        assert bound > SM90_SHARED or compiled.metadata.shared <= bound, (kernel.fn.__name__, const, compiled.metadata.shared)
     print("compiled", dtype, exact, arch, dot)
 
 
+SM90_SHARED = 232448  # bytes a block may use on an H100/H200, as Triton checks it at launch
+
+
 def shared_main(dtype, d):
-    """Every kernel at point dimension d: common.shared_bound holds for every block shape, and the
-    SMALL shape fits in sm_90's shared memory (232 448 bytes a block)."""
+    """Every kernel at point dimension d: wherever common.shared_bound is within sm_90's shared
+    memory, the compiled kernel is within the bound (so prune's "surely fits" is right), and the
+    SMALL shape fits."""
     import triton.language as tl
 
     from gpflow_kernels._triton import kde, pairs
@@ -99,8 +103,10 @@ def shared_main(dtype, d):
             const = dict(D=d, BD=bd, EXACT=d <= 16, ACC=tl.float64 if dtype == "fp64" else tl.float32, DOT="ieee",
                          BN=bn, BM=bm, **extra)
             shared = compile_for(kernel, const, dtype=dtype, num_warps=warps, num_stages=stages, aligned=True).metadata.shared
-            assert shared <= shared_bound(bn, bm, stages, bd, elem), (kernel.fn.__name__, d, dtype, (bn, bm, stages), shared)
-            assert (bn, bm, warps, stages) != SMALL or shared <= 232448, (kernel.fn.__name__, d, dtype, shared)
+            bound = shared_bound(bn, bm, stages, bd, elem)
+            # where prune trusts the bound (within the limit), it holds
+            assert bound > SM90_SHARED or shared <= bound, (kernel.fn.__name__, d, dtype, (bn, bm, stages), shared, bound)
+            assert (bn, bm, warps, stages) != SMALL or shared <= SM90_SHARED, (kernel.fn.__name__, d, dtype, shared)
     print("shared memory within bounds", dtype, d)
 
 
