@@ -12,7 +12,8 @@
 #                workers where installed)
 #   check        benchmarks/gpu_check.py: accuracy against float64, then median times, pairs/s
 #                and the fraction of the exp ceiling (QUICK=1 for the two smallest sizes only)
-#   bench        pytest-benchmark: the ops on CUDA and the solvers' *_cuda groups, then the
+#   bench        pytest-benchmark: the ops on CUDA and the solvers' *_cuda groups (BENCH_K replaces
+#                its -k selection "gpu or cuda": all 171 cases take more than one call), then the
 #                ratio table (OUTDIR/bench.json, OUTDIR/bench.md)
 #   dist         benchmarks/gpu_dist_check.py under torchrun, one rank per GPU (NCCL): the sharded
 #                ops on the GPU backends against one process, and their lse merge on the device
@@ -113,7 +114,7 @@ for stage in "$@"; do
         tests) run tests env OMP_NUM_THREADS=2 $py -m pytest -q -ra --run-slow "${xdist[@]}" tests ;;
         check) run check "${with_keops[@]}" $py benchmarks/gpu_check.py ${QUICK:+--quick} ;;
         bench)
-            run bench "${with_keops[@]}" $py -m pytest -q benchmarks -k "gpu or cuda" --benchmark-only \
+            run bench "${with_keops[@]}" $py -m pytest -q benchmarks -k "${BENCH_K:-gpu or cuda}" --benchmark-only \
                 --benchmark-json="$out/bench.json" --benchmark-columns=median,iqr,rounds
             [ -f "$out/bench.json" ] && $py benchmarks/report.py "$out/bench.json" >"$out/bench.md" && cat "$out/bench.md" ;;
         dist)
