@@ -111,8 +111,7 @@ def prune(configs, named_args, **kwargs):
     Triton's OutOfResources (H200, 2026-11-25)."""
     *shapes, small = configs
     q = named_args["q_ptr"]
-    index = q.device.index if q.device.index is not None else torch.cuda.current_device() if q.is_cuda else 0
-    limit = shared_limit(index)
+    limit = shared_limit(q.device.index or 0)  # a CUDA tensor's device always has its index
     fits = [c for c in shapes if shared_bound(c.kwargs["BN"], c.kwargs["BM"], c.num_stages, kwargs["BD"], q.element_size()) <= limit]
     if AUTOTUNE:
         return shapes if fits else shapes + [small]
