@@ -119,7 +119,7 @@ def test_bad_files_get_one_error_naming_the_file(tmp_path, case):
 def test_unusable_paths_are_named(tmp_path):
     with pytest.raises(ValueError, match="no such file"):
         load(str(tmp_path / "missing.npy"))
-    with pytest.raises(ValueError, match="is a folder"):
+    with pytest.raises(ValueError, match="holds no image files"):  # a folder is read for images
         load(str(tmp_path) + os.sep)
     (tmp_path / "x.txt").write_text("1,2")
     with pytest.raises(ValueError, match="unsupported file type '.txt'"):

@@ -1,6 +1,7 @@
 """Points from the user's files: ``.npy``, ``.npz``, ``.pt``/``.pth`` and ``.csv`` holding (N, D) numbers.
 
-Arrays of rank 3 or 4 are images and IDX files are MNIST-format images: both go to ``images.py``.
+Arrays of rank 3 or 4 are images and IDX files are MNIST-format images: both go to ``images.py``;
+folders of image files go to ``folder.py``.
 
 The rows are shuffled with the run's seed and split: the last ``n_test = min(N // 5, 2000)`` rows are
 held out for the metrics (at least 2), the rest are the training set (our choice, stated in the
@@ -95,10 +96,15 @@ def _read_csv(path: Path):
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1 if rows else 0)
 
 
-def load_points(path, *, seed: int = 0) -> Dataset:
+def load_points(path, *, seed: int = 0, image_size=None) -> Dataset:
     """The (N, D) points in the file ``path``, split into training and held-out rows (see module doc);
-    images (rank-3/4 arrays, IDX files) as an image Dataset (``images.py``)."""
+    images (rank-3/4 arrays, IDX files) as an image Dataset (``images.py``); a folder of image files
+    through torchvision (``folder.py``), each image resized to ``image_size`` when it is given."""
     path = check(str(path))
+    if path.is_dir():
+        from .folder import load_folder
+
+        return load_folder(path, seed, MIN_ROWS, image_size)
     if is_idx(path):
         from .images import load_idx
 

@@ -109,7 +109,8 @@ def resize_center_crop(x: Tensor, size: int) -> Tensor:
     antialiased when shrinking, as torchvision's Resize on tensors), then the centre cropped."""
     h, w = x.shape[-2:]
     s = size / min(h, w)
-    nh, nw = max(size, round(h * s)), max(size, round(w * s))
+    # The longer side truncated, int(size · long / short), as torchvision computes it.
+    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=s < 1).clamp(-1, 1)
     top, left = (nh - size) // 2, (nw - size) // 2

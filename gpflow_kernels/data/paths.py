@@ -2,7 +2,8 @@
 
 A data set is one of the embedded names (``DATA_NAMES``) or a file: ``.npy``, ``.npz``,
 ``.pt``/``.pth`` (a tensor) or ``.csv`` (numbers) holding (N, D) points or (N, H, W) / (N, C, H, W)
-images, or an MNIST-format ``*-images-idx3-ubyte`` file (gzipped or not).
+images, or an MNIST-format ``*-images-idx3-ubyte`` file (gzipped or not), or a folder of image
+files (``folder.py``).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ def check(value: str) -> Path:
     looks_like_path = os.sep in value or p.suffix != "" or p.exists()
     if not looks_like_path:
         raise ValueError(f"unknown data set {value!r}; choose one of {names}, or give a file of points or "
-                         f"images ({', '.join(POINT_SUFFIXES)}, *-images-idx3-ubyte[.gz])")
+                         f"images ({', '.join(POINT_SUFFIXES)}, *-images-idx3-ubyte[.gz]) or a folder of images")
     if not p.exists():
         raise ValueError(f"--data {value}: no such file")
     if p.is_dir():
-        raise ValueError(f"--data {value} is a folder; folders of image files are not supported yet (they need "
-                         f"torchvision, issue #15): give an array file ({', '.join(POINT_SUFFIXES)}) or an IDX file")
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise ValueError(f"--data {value}: the folder is not readable (permissions)")
+        return p
     if p.suffix.lower() not in POINT_SUFFIXES and not is_idx(p):
         raise ValueError(f"--data {value}: unsupported file type {p.suffix or '(none)'!r}; "
                          f"use one of {', '.join(POINT_SUFFIXES)} holding an (N, D) or (N, [C,] H, W) array, "

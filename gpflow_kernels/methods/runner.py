@@ -159,8 +159,12 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         from .plots import pyplot
 
         pyplot()  # fail before training, not after, when matplotlib is missing
+    # A folder's images are resized as they are decoded (they may differ in size), so image_size is
+    # read, checked, before the data; the options proper are built once the data are known.
+    given = {k: v for k, v in (options or {}).items() if k == "image_size"}
+    size = (cls.Options.build(cls.name, given, is_image=True).image_size or None) if given else None
     try:
-        ds: Dataset = load(data, seed=seed)
+        ds: Dataset = load(data, seed=seed, image_size=size)
     except ValueError as e:  # a user's file that cannot be used: nothing is written
         raise RunError(str(e)) from None
     _startup_check(sig)
