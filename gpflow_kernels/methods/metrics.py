@@ -157,11 +157,16 @@ class FeatureNet:
 
 
 def feature_space(data: Dataset, features: str = ""):
-    """What FD/KID are measured in: the user's feature network, else the labels' classifier, else None."""
+    """What FD/KID are measured in: the standard FID's InceptionV3 (``inception:PATH``, ``inception.py``),
+    else the user's feature network, else the labels' classifier, else None."""
     if not data.is_image:
         if features:
             raise ValueError(f"option features applies to image data; {data.name} holds points")
         return None
+    if features.startswith("inception:"):
+        from .inception import PREFIX, InceptionFeatures
+
+        return InceptionFeatures(features[len(PREFIX):], data.image_shape)
     if features:
         net = FeatureNet(features, data.image_shape)
         with torch.no_grad():

@@ -44,7 +44,8 @@ def _merged(cls: type, attr: str) -> Dict[str, Any]:
 class Options:
     steps: int = 0          # training steps (0 for training-free flows)
     image_size: int = 0     # image data: resize the shorter side to this and centre-crop a square; 0: as stored
-    features: str = ""      # image data: a TorchScript file mapping (N, C, H, W) images to (N, F) features for FD/KID
+    features: str = ""      # image data: a TorchScript file mapping (N, C, H, W) images to (N, F) features for FD/KID,
+    #                         or inception:PATH (torch-fidelity's InceptionV3 weights file: the standard FID)
 
     SIGNED: ClassVar[Dict[str, None]] = {}
     LOWER: ClassVar[Dict[str, Tuple[float, bool]]] = {}
