@@ -1,12 +1,21 @@
-"""Build script: the pure-Python packages (described in pyproject.toml) plus, where nvcc is
-available, the optional CUDA extension gpflow_kernels._cuda_ext built from csrc/ with ninja.
+"""Build script: the pure-Python packages (described in pyproject.toml) plus two optional
+extensions built from csrc/ with ninja:
 
-The extension does not link against torch (Python passes raw device pointers, sizes, dtype and
-stream), so it builds with any nvcc for any torch. Environment:
-  GPFLOW_BUILD_CUDA=1   build it, and fail if nvcc is missing or the build fails
-  GPFLOW_BUILD_CUDA=0   never build it
-  (unset)               build it when nvcc is found (on PATH or in $CUDA_HOME/bin)
-  GPFLOW_CUDA_ARCHS     semicolon-separated SM versions, default "80;90"
+- gpflow_kernels._cpu_ext (csrc/gpflow_cpu.cpp), the fused CPU kernels, where a C++ compiler with
+  OpenMP is found. Without one, or if it fails to build, the install goes on without it and the
+  CPU ops use the tiled torch path (with a one-line notice here and from gpflow_kernels).
+- gpflow_kernels._cuda_ext (csrc/gpflow_cuda.cu), the CUDA kernels, where nvcc is found.
+
+Neither links against torch (Python passes raw pointers, sizes and a dtype code), so they build
+for any torch. Environment:
+  GPFLOW_BUILD_CPU=1 / 0    insist on the CPU extension (fail if it cannot build) / never build it
+  GPFLOW_CPU_ARCH           the -march value, default "native" (the extension is built where it
+                            runs; set e.g. "x86-64-v3" for a build that other machines load)
+  CXX                       the C++ compiler, default c++ or g++ on PATH
+  GPFLOW_BUILD_CUDA=1       build the CUDA extension, and fail if nvcc is missing or the build fails
+  GPFLOW_BUILD_CUDA=0       never build it
+  (unset)                   build each extension when its compiler is found
+  GPFLOW_CUDA_ARCHS         semicolon-separated SM versions, default "80;90"
 """
 
 import os
@@ -17,8 +26,25 @@ import sysconfig
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
 
 SOURCE = os.path.join("csrc", "gpflow_cuda.cu")
+CPU_SOURCE = os.path.join("csrc", "gpflow_cpu.cpp")
+#: Flags of the CPU extension. -fno-math-errno / -fno-trapping-math let GCC vectorise sqrt and the
+#: float → int steps of our exp; no -ffast-math (NaN and inf keep their meaning).
+CPU_FLAGS = "-O3 -std=c++17 -fPIC -fvisibility=hidden -fopenmp -fno-math-errno -fno-trapping-math"
+
+
+def find_cxx():
+    flag = os.environ.get("GPFLOW_BUILD_CPU", "").strip()
+    if flag == "0":
+        return None
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        if flag == "1":
+            raise SystemExit("GPFLOW_BUILD_CPU=1 but no C++ compiler was found (CXX, c++, g++)")
+        print("gpflow-kernels: no C++ compiler found, installing without the fused CPU kernels (the CPU ops use tiled torch)")
+    return cxx
 
 
 def find_nvcc():
@@ -40,6 +66,8 @@ class NinjaBuildExt(build_ext):
     """Compile the .cu with nvcc and link a Python extension, through a generated build.ninja."""
 
     def build_extension(self, ext):
+        if getattr(ext, "cxx", None):
+            return self.build_cpu(ext)
         import ninja
         import pybind11
 
@@ -68,8 +96,44 @@ class NinjaBuildExt(build_ext):
             raise
 
 
-nvcc = find_nvcc()
+    def build_cpu(self, ext):
+        import ninja
+        import pybind11
+
+        out = os.path.abspath(self.get_ext_fullpath(ext.name))
+        tmp = os.path.abspath(self.build_temp)
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        os.makedirs(tmp, exist_ok=True)
+        march = os.environ.get("GPFLOW_CPU_ARCH", "native").strip() or "native"
+        includes = f"-I{pybind11.get_include()} -I{sysconfig.get_paths()['include']}"
+        src = os.path.abspath(ext.sources[0])
+        # One object per dtype, so that ninja compiles the two halves in parallel.
+        objs = [os.path.join(tmp, f"gpflow_cpu_{part}.o") for part in ("f32", "f64")]
+        with open(os.path.join(tmp, "build_cpu.ninja"), "w") as f:
+            f.write(
+                f"rule cxx\n  command = {ext.cxx} {CPU_FLAGS} -march={march} {includes} $defs -c $in -o $out\n"
+                f"rule link\n  command = {ext.cxx} -shared -fopenmp $in -o $out\n"
+                f"build {objs[0]}: cxx {src}\n  defs = -DGPFLOW_CPU_PART=0\n"
+                f"build {objs[1]}: cxx {src}\n  defs = -DGPFLOW_CPU_PART=1\n"
+                f"build {out}: link {' '.join(objs)}\n"
+            )
+        try:
+            subprocess.check_call([os.path.join(ninja.BIN_DIR, "ninja"), "-C", tmp, "-f", "build_cpu.ninja"])
+        except subprocess.CalledProcessError as e:
+            msg = "gpflow-kernels: building the fused CPU kernels failed; the CPU ops will use tiled torch"
+            if os.environ.get("GPFLOW_BUILD_CPU", "").strip() == "1":
+                raise SystemExit(msg) from e
+            print(msg, file=sys.stderr)
+            raise CompileError(msg) from e
+
+
 ext_modules = []
+cxx = find_cxx()
+if cxx:
+    cpu = Extension("gpflow_kernels._cpu_ext", sources=[CPU_SOURCE], optional=True)
+    cpu.cxx = cxx
+    ext_modules.append(cpu)
+nvcc = find_nvcc()
 if nvcc:
     ext = Extension("gpflow_kernels._cuda_ext", sources=[SOURCE])
     ext.nvcc = nvcc

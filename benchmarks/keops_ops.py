@@ -34,3 +34,12 @@ def kde_score(x, y, sigma):
     xi, yj = _pairs(x, y)
     mean = (-((xi - yj).sqnorm2()) / (2 * sigma**2)).sumsoftmaxweight(yj, axis=1)
     return (mean - x) / sigma**2
+
+
+def svgd_field(x, score, sigma):
+    """(1/N) Σ_j [k(x_j, x_i) score_j + ∇_{x_j} k(x_j, x_i)] with the Gaussian k: (N, D)."""
+    xi, xj = _pairs(x, x)
+    k = (-((xi - xj).sqnorm2()) / (2 * sigma**2)).exp()
+    drive = (k * LazyTensor(score[None, :, :])).sum(1)
+    repulse = (k * (xi - xj)).sum(1) / sigma**2
+    return (drive + repulse) / x.shape[0]

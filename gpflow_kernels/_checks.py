@@ -16,7 +16,7 @@ import torch
 Tensor = torch.Tensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-BACKENDS = ("auto", "torch", "triton", "cuda")
+BACKENDS = ("auto", "torch", "cpu", "triton", "cuda")
 
 
 def describe(t: Tensor) -> str:

@@ -70,14 +70,39 @@ def _cuda_impl(x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
     return _cuda
 
 
+def _cpu_impl(backend: str, x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
+    """The fused CPU kernels (csrc/gpflow_cpu.cpp) for "cpu", and for "auto" on CPU tensors where
+    they are built and the kernel is a built-in one; the tiled torch reference otherwise."""
+    from . import _cpu
+
+    if backend == "auto":
+        return _cpu if (_cpu.available() and (kernel is None or _fusable(kernel))) else reference
+    if not _cpu.available():
+        raise ValueError(
+            "backend='cpu' is not available: the extension gpflow_kernels._cpu_ext was not built "
+            f"({_cpu.IMPORT_ERROR}); reinstall where a C++ compiler with OpenMP is found (GPFLOW_BUILD_CPU=1 to insist)"
+        )
+    if x.device.type != "cpu":
+        raise ValueError(f"backend='cpu' needs CPU tensors, got x on {x.device}")
+    if kernel is not None:
+        fused_code(kernel)  # ValueError for custom kernels
+    return _cpu
+
+
 def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleType:
     """The module implementing the primitive reductions for ``backend`` on x's device.
 
-    "auto": the fused Triton kernels for CUDA tensors when triton (>= 3.5) imports and the kernel
-    and D are supported, else the tiled torch reference (always on the CPU). "triton" insists.
+    "auto": on CPU tensors the fused C++ kernels where the extension is built and the kernel is a
+    built-in one (``_cpu_impl``); on CUDA tensors the fused Triton kernels when triton (>= 3.5)
+    imports and the kernel and D are supported; else the tiled torch reference. "cpu" and
+    "triton" insist.
     """
     _checks.backend(backend)
-    if backend == "torch" or (backend == "auto" and not x.is_cuda):
+    if backend == "torch":
+        return reference
+    if backend == "cpu" or (backend == "auto" and x.device.type == "cpu"):
+        return _cpu_impl(backend, x, kernel)
+    if backend == "auto" and not x.is_cuda:
         return reference
     if backend == "cuda":
         return _cuda_impl(x, kernel)
