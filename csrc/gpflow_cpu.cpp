@@ -6,12 +6,13 @@
 // oracle are gpflow_kernels/reference.py; inputs arrive centred on the mean of y as there.
 //
 // Layout. One "outer" point at a time (a row x_i for the forward passes and the x gradients, a
-// column y_j for the y/weight gradients), spread over OpenMP threads; its "inner" points come
-// transposed, (D, L), so that each pass over a block of JB inner points is a unit-stride loop the
-// compiler vectorises (#pragma omp simd). A block's squared distances, kernel values and weights
-// live in small stack buffers (L1), and the reductions keep their accumulators in registers: no
-// N×M array is ever written. exp is our own vectorisable Cody–Waite + polynomial (fexp); sqrt is
-// the hardware's; the polyharmonic kernels call std::pow/std::log (scalar, correct, slower).
+// column y_j for the y/weight gradients), spread over threads (parallel_chunks); its "inner"
+// points come transposed, (D, L), so that each pass over a block of JB inner points is a
+// unit-stride loop the compiler vectorises (#pragma omp simd under -fopenmp-simd: no OpenMP
+// runtime). A block's squared distances, kernel values and weights live in small stack buffers
+// (L1), and the reductions keep their accumulators in registers: no N×M array is ever written.
+// exp is our own vectorisable Cody–Waite + polynomial (fexp); sqrt is the hardware's; the
+// polyharmonic kernels call std::pow/std::log (scalar, correct, slower).
 //
 // Distances: exact differences for D <= EXACT_MAX_D (8, as the reference), above that
 // |x|² + |y|² − 2 x·y on the centred points with round-off-sized values snapped to 0 (as the
@@ -27,13 +28,12 @@
 #include <stdexcept>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <atomic>
+#include <thread>
 
 namespace py = pybind11;
 
-// A named namespace, not an anonymous one: the float64 instantiations live in a second object
+// A named namespace, not an anonymous one: half of the instantiations live in a second object
 // file (GPFLOW_CPU_PART below) and link against the first.
 namespace gpflow_cpu {
 
@@ -94,6 +94,7 @@ inline __attribute__((always_inline)) double fexp(double x) {
 
 struct Spec {
   double pc, ph, peps2;  // polyharmonic sign, exponent (k/2, or j = k/2 for kind 5), eps²
+  bool logform;          // kind 5: (c/2) w^j log w (kinds 4 and 5 share one instantiation, KIND = 4)
 };
 
 template <typename T, int KIND, int ORDER>
@@ -124,12 +125,12 @@ inline __attribute__((always_inline)) void profile(T u, const Spec& s, T& p0, T&
       p1 = pos ? T(-0.5) / ss : T(0);
       p2 = pos ? T(0.25) / (us * ss) : T(0);
     }
-  } else {  // polyharmonic: c w^h (4) or (c/2) w^j log w (5), w = u + eps²
+  } else {  // polyharmonic: c w^h, or (c/2) w^j log w (logform), w = u + eps²; scalar std::pow/log
     const T w = u + T(s.peps2);
     const bool pos = w > T(0);
     const T ws = pos ? w : T(1);
     const T c = T(s.pc), h = T(s.ph);
-    if constexpr (KIND == 4) {
+    if (!s.logform) {
       p0 = pos ? c * std::pow(ws, h) : T(0);
       if constexpr (ORDER >= 1) p1 = pos ? c * h * std::pow(ws, h - T(1)) : T(0);
       if constexpr (ORDER >= 2) p2 = pos ? c * h * (h - T(1)) * std::pow(ws, h - T(2)) : T(0);
@@ -262,12 +263,41 @@ inline T sqnorm(const T* o, int D) {
   return s;
 }
 
-// Loop over the B × L outer points on nt threads; f(b, i).
+// f(t) for t in [0, total) on up to nt threads taking `chunk` indices at a time. Threads are
+// started per call (std::thread), not kept in a pool: an OpenMP (libgomp) pool hangs a forked child
+// that calls the kernels again (multiprocessing's fork, DataLoader workers), and a pool owned by
+// torch would mean linking against torch. Calls with fewer than MIN_PAIRS_PER_THREAD pairs per
+// thread use fewer threads, so small calls do not pay for starting them (about 20 µs each).
+constexpr int64_t MIN_PAIRS_PER_THREAD = int64_t(1) << 16;
+
 template <typename F>
-void for_outer(int64_t B, int64_t L, int nt, F f) {
-  const int64_t total = B * L;
-#pragma omp parallel for schedule(dynamic, 8) num_threads(nt)
-  for (int64_t t = 0; t < total; ++t) f(t / L, t % L);
+void parallel_chunks(int64_t total, int64_t chunk, int64_t pairs, int nt, F f) {
+  const int64_t by_work = std::max<int64_t>(1, pairs / MIN_PAIRS_PER_THREAD);
+  const int k = static_cast<int>(std::min<int64_t>({int64_t(nt), (total + chunk - 1) / chunk, by_work}));
+  if (k <= 1) {
+    for (int64_t t = 0; t < total; ++t) f(t);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  auto work = [&] {
+    for (;;) {
+      const int64_t s = next.fetch_add(chunk);
+      if (s >= total) break;
+      const int64_t e = std::min(total, s + chunk);
+      for (int64_t t = s; t < e; ++t) f(t);
+    }
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(k - 1);
+  for (int i = 1; i < k; ++i) threads.emplace_back(work);
+  work();
+  for (auto& th : threads) th.join();
+}
+
+// Loop over the B × L outer points (each against `inner` points) on nt threads; f(b, i).
+template <typename F>
+void for_outer(int64_t B, int64_t L, int64_t inner, int nt, F f) {
+  parallel_chunks(B * L, 8, B * L * inner, nt, [&](int64_t t) { f(t / L, t % L); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,7 +324,7 @@ struct Sizes {
 template <typename T, int KIND>
 void integral_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* vT, const T* inv,
                   T* out) {
-  for_outer(z.B, z.N, z.nt, [&](int64_t b, int64_t i) {
+  for_outer(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i) {
     alignas(64) T r2[JB], k0[JB];
     const T* xi = x + (b * z.N + i) * z.D;
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
@@ -325,7 +355,7 @@ void integral_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
 template <typename T, int KIND>
 void integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* vT, const T* g,
                     const T* inv, T* gx) {
-  for_outer(z.B, z.N, z.nt, [&](int64_t b, int64_t i) {
+  for_outer(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i) {
     alignas(64) T r2[JB], k0[JB], k1[JB], w[JB];
     const T* xi = x + (b * z.N + i) * z.D;
     const T* gi = g + (b * z.N + i) * z.P;
@@ -370,7 +400,7 @@ void integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
 template <typename T, int KIND, int ORDER>
 void integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, const T* xn, const T* v, const T* gT,
                     const T* inv, T* gy, T* gv) {
-  for_outer(z.B, z.M, z.nt, [&](int64_t b, int64_t j) {
+  for_outer(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j) {
     alignas(64) T r2[JB], k0[JB], k1[JB], w[JB];
     const T* yj = y + (b * z.M + j) * z.D;
     const T* vj = v ? v + (b * z.M + j) * z.P : nullptr;
@@ -428,7 +458,7 @@ void integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
 template <typename T, int KIND>
 void grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* a, const T* inv,
                   T* out) {
-  for_outer(z.B, z.N, z.nt, [&](int64_t b, int64_t i) {
+  for_outer(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i) {
     alignas(64) T r2[JB], k0[JB], k1[JB];
     const T* xi = x + (b * z.N + i) * z.D;
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
@@ -461,7 +491,7 @@ void grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
 template <typename T, int KIND>
 void grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* a, const T* g,
                     const T* inv, T* gx) {
-  for_outer(z.B, z.N, z.nt, [&](int64_t b, int64_t i) {
+  for_outer(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i) {
     alignas(64) T r2[JB], k0[JB], k1[JB], k2[JB], dg[JB];
     const T* xi = x + (b * z.N + i) * z.D;
     const T* gi = g + (b * z.N + i) * z.D;
@@ -497,7 +527,7 @@ void grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
 template <typename T, int KIND, int ORDER>
 void grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, const T* xn, const T* a, const T* gT,
                     const T* xgv, const T* inv, T* gy, T* ga) {
-  for_outer(z.B, z.M, z.nt, [&](int64_t b, int64_t j) {
+  for_outer(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j) {
     alignas(64) T r2[JB], k0[JB], k1[JB], k2[JB], dg[JB];
     const T* yj = y + (b * z.M + j) * z.D;
     const Inner<T> in{xT + b * z.D * z.Np, xn ? xn + b * z.N : nullptr, z.Np};
@@ -548,7 +578,7 @@ void grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
 // log-sum-exp over blocks.
 template <typename T>
 void softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T* inv, T* mu, T* lse) {
-  for_outer(z.B, z.N, z.nt, [&](int64_t b, int64_t i) {
+  for_outer(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i) {
     alignas(64) T l[JB];
     const T* xi = x + (b * z.N + i) * z.D;
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
@@ -591,7 +621,7 @@ void softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T* 
 template <typename T>
 void softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T* inv, const T* lse, const T* gmu,
                    const T* g, T* gx) {
-  for_outer(z.B, z.N, z.nt, [&](int64_t b, int64_t i) {
+  for_outer(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i) {
     alignas(64) T l[JB], gy[JB];
     const T* xi = x + (b * z.N + i) * z.D;
     const T* gi = g + (b * z.N + i) * z.D;
@@ -627,7 +657,7 @@ void softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T
 template <typename T>
 void softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const T* inv, const T* lse, const T* gmu,
                    const T* gT, T* gyo) {
-  for_outer(z.B, z.M, z.nt, [&](int64_t b, int64_t j) {
+  for_outer(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j) {
     alignas(64) T l[JB], c[JB];
     const T* yj = y + (b * z.M + j) * z.D;
     const Inner<T> in{xT + b * z.D * z.Np, nullptr, z.Np};
@@ -779,16 +809,14 @@ inline void tile_r2(T* dr, T oo, const T* nn, int nb) {
   }
 }
 
-// Loop over the outer points MR at a time; f(b, i0, mr, rows) with rows[r] = i0 + min(r, mr − 1).
+// Loop over the outer points MR at a time; f(b, i0, mr) with mr the tile's real rows.
 template <typename F>
-void for_tiles(int64_t B, int64_t L, int nt, F f) {
-  const int64_t tiles = (L + MR - 1) / MR, total = B * tiles;
-#pragma omp parallel for schedule(dynamic, 2) num_threads(nt)
-  for (int64_t t = 0; t < total; ++t) {
+void for_tiles(int64_t B, int64_t L, int64_t inner, int nt, F f) {
+  const int64_t tiles = (L + MR - 1) / MR;
+  parallel_chunks(B * tiles, 2, B * L * inner, nt, [&](int64_t t) {
     const int64_t b = t / tiles, i0 = (t % tiles) * MR;
-    const int mr = static_cast<int>(std::min<int64_t>(MR, L - i0));
-    f(b, i0, mr);
-  }
+    f(b, i0, static_cast<int>(std::min<int64_t>(MR, L - i0)));
+  });
 }
 
 // MR row pointers into a (L, stride) array from row i0, the last real row repeated.
@@ -823,7 +851,7 @@ inline void norms(const T* const* o, int D, T* oo) {
 template <typename T, int KIND>
 void t_integral_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* vR, const T* inv,
                     T* out) {
-  for_tiles(z.B, z.N, z.nt, [&](int64_t b, int64_t i0, int mr) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
     TileBuf<T> t;
     const T* xr[MR];
     T oo[MR];
@@ -846,7 +874,7 @@ void t_integral_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
 template <typename T, int KIND>
 void t_integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* yR, const T* vT,
                       const T* g, const T* inv, T* gx) {
-  for_tiles(z.B, z.N, z.nt, [&](int64_t b, int64_t i0, int mr) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
     TileBuf<T> t;
     const T *xr[MR], *gr[MR];
     T oo[MR], wsum[MR] = {};
@@ -877,7 +905,7 @@ void t_integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, co
 template <typename T, int KIND, int ORDER>
 void t_integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, const T* xn, const T* xR, const T* v,
                       const T* gT, const T* gR, const T* inv, T* gy, T* gv) {
-  for_tiles(z.B, z.M, z.nt, [&](int64_t b, int64_t j0, int mr) {
+  for_tiles(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j0, int mr) {
     TileBuf<T> t;
     const T* yr[MR];
     const T* vr[MR];
@@ -919,7 +947,7 @@ void t_integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
 template <typename T, int KIND>
 void t_grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* yR, const T* a,
                     const T* inv, T* out) {
-  for_tiles(z.B, z.N, z.nt, [&](int64_t b, int64_t i0, int mr) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
     TileBuf<T> t;
     const T* xr[MR];
     T oo[MR], wsum[MR] = {};
@@ -953,7 +981,7 @@ void t_grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
 template <typename T, int KIND>
 void t_grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* yR, const T* a,
                       const T* g, const T* inv, T* gx) {
-  for_tiles(z.B, z.N, z.nt, [&](int64_t b, int64_t i0, int mr) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
     TileBuf<T> t;
     const T *xr[MR], *gr[MR];
     T oo[MR], xg[MR], asum[MR] = {}, csum[MR] = {};
@@ -997,7 +1025,7 @@ void t_grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, co
 template <typename T, int KIND, int ORDER>
 void t_grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, const T* xn, const T* xR, const T* a,
                       const T* gT, const T* gR, const T* xgv, const T* inv, T* gy, T* ga) {
-  for_tiles(z.B, z.M, z.nt, [&](int64_t b, int64_t j0, int mr) {
+  for_tiles(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j0, int mr) {
     TileBuf<T> t;
     const T* yr[MR];
     T oo[MR], aj[MR], csum[MR] = {}, gasum[MR] = {};
@@ -1062,7 +1090,7 @@ inline void tile_flash(T* l, const T* nn, T ib, int nb) {
 
 template <typename T>
 void t_softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T* yR, const T* inv, T* mu, T* lse) {
-  for_tiles(z.B, z.N, z.nt, [&](int64_t b, int64_t i0, int mr) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
     TileBuf<T> t;
     const T* xr[MR];
     row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
@@ -1101,7 +1129,7 @@ void t_softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T
 template <typename T>
 void t_softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T* yR, const T* inv, const T* lse,
                      const T* gmu, const T* g, T* gx) {
-  for_tiles(z.B, z.N, z.nt, [&](int64_t b, int64_t i0, int mr) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
     TileBuf<T> t;
     const T *xr[MR], *gr[MR];
     row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
@@ -1132,7 +1160,7 @@ void t_softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const
 template <typename T>
 void t_softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const T* xR, const T* inv, const T* lse,
                      const T* gmu, const T* gT, const T* gR, T* gyo) {
-  for_tiles(z.B, z.M, z.nt, [&](int64_t b, int64_t j0, int mr) {
+  for_tiles(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j0, int mr) {
     TileBuf<T> t;
     const T* yr[MR];
     row_ptrs(y + b * z.M * z.D, z.D, j0, mr, yr);
@@ -1303,32 +1331,34 @@ void softmax_dispatch(int which, Sizes z, P a0, P a1, P a2, P a3, P a4, P a5, P 
 
 }  // namespace gpflow_cpu
 
-// Built in two halves compiled in parallel (setup.py): GPFLOW_CPU_PART=0 holds the module and the
-// float32 code, GPFLOW_CPU_PART=1 the float64 code; undefined, one file holds everything.
+// Built in two halves compiled in parallel (setup.py):
+// GPFLOW_CPU_PART=0 holds the module and the float32 code but the polyharmonic kernels',
+// GPFLOW_CPU_PART=1 the float64 code and those (about equal compile times); undefined, one file
+// holds everything.
 #ifndef GPFLOW_CPU_PART
 #define GPFLOW_CPU_PART -1
 #endif
-#define GPFLOW_KINDS(PRE, OP, T)                \
-  PRE template struct gpflow_cpu::OP<T, 0>;     \
-  PRE template struct gpflow_cpu::OP<T, 1>;     \
-  PRE template struct gpflow_cpu::OP<T, 2>;     \
-  PRE template struct gpflow_cpu::OP<T, 3>;     \
-  PRE template struct gpflow_cpu::OP<T, 4>;     \
-  PRE template struct gpflow_cpu::OP<T, 5>;
-#define GPFLOW_ALL(PRE, T)                      \
-  GPFLOW_KINDS(PRE, IntegralOp, T)              \
-  GPFLOW_KINDS(PRE, IntegralBwdXOp, T)          \
-  GPFLOW_KINDS(PRE, IntegralBwdYOp, T)          \
-  GPFLOW_KINDS(PRE, GradSumOp, T)               \
-  GPFLOW_KINDS(PRE, GradSumBwdXOp, T)           \
-  GPFLOW_KINDS(PRE, GradSumBwdYOp, T)           \
-  PRE template void gpflow_cpu::softmax_dispatch<T>(int, gpflow_cpu::Sizes, uintptr_t, uintptr_t, uintptr_t, \
-                                                    uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, \
-                                                    uintptr_t, uintptr_t);
+#define GPFLOW_OPS(PRE, T, K)                            \
+  PRE template struct gpflow_cpu::IntegralOp<T, K>;      \
+  PRE template struct gpflow_cpu::IntegralBwdXOp<T, K>;  \
+  PRE template struct gpflow_cpu::IntegralBwdYOp<T, K>;  \
+  PRE template struct gpflow_cpu::GradSumOp<T, K>;       \
+  PRE template struct gpflow_cpu::GradSumBwdXOp<T, K>;   \
+  PRE template struct gpflow_cpu::GradSumBwdYOp<T, K>;
+#define GPFLOW_SECOND_HALF(PRE)                                                                               \
+  GPFLOW_OPS(PRE, double, 0)                                                                                  \
+  GPFLOW_OPS(PRE, double, 1)                                                                                  \
+  GPFLOW_OPS(PRE, double, 2)                                                                                  \
+  GPFLOW_OPS(PRE, double, 3)                                                                                  \
+  GPFLOW_OPS(PRE, double, 4)                                                                                  \
+  GPFLOW_OPS(PRE, float, 4)                                                                                   \
+  PRE template void gpflow_cpu::softmax_dispatch<double>(int, gpflow_cpu::Sizes, uintptr_t, uintptr_t, uintptr_t, \
+                                                         uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t,    \
+                                                         uintptr_t, uintptr_t);
 #if GPFLOW_CPU_PART == 0
-GPFLOW_ALL(extern, double)
+GPFLOW_SECOND_HALF(extern)
 #elif GPFLOW_CPU_PART == 1
-GPFLOW_ALL(, double)
+GPFLOW_SECOND_HALF()
 #endif
 
 #if GPFLOW_CPU_PART != 1
@@ -1340,7 +1370,7 @@ void by_kind(int dtype, int kind, A... a) {
   if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float64)");
   if (kind < 0 || kind > 5) throw std::invalid_argument("kernel kind must be 0..5");
   py::gil_scoped_release nogil;
-  switch (kind * 2 + dtype) {
+  switch (std::min(kind, 4) * 2 + dtype) {  // kind 5 runs KIND = 4 with Spec::logform
     case 0: Op<float, 0>::run(a...); break;
     case 1: Op<double, 0>::run(a...); break;
     case 2: Op<float, 1>::run(a...); break;
@@ -1350,9 +1380,7 @@ void by_kind(int dtype, int kind, A... a) {
     case 6: Op<float, 3>::run(a...); break;
     case 7: Op<double, 3>::run(a...); break;
     case 8: Op<float, 4>::run(a...); break;
-    case 9: Op<double, 4>::run(a...); break;
-    case 10: Op<float, 5>::run(a...); break;
-    default: Op<double, 5>::run(a...); break;
+    default: Op<double, 4>::run(a...); break;
   }
 }
 
@@ -1372,7 +1400,7 @@ PYBIND11_MODULE(_cpu_ext, m) {
   // Sizes and kernel arguments, in this order, end every binding's argument list.
 #define SIZE_ARGS int64_t B, int64_t N, int64_t M, int D, int Pv, int K, int64_t inv_bs, int kind, double pc, \
                   double ph, double pe, int dtype, int nt
-#define SIZES sizes(B, N, M, D, Pv, K, inv_bs, nt), Spec{pc, ph, pe}
+#define SIZES sizes(B, N, M, D, Pv, K, inv_bs, nt), Spec{pc, ph, pe, kind == 5}
   m.def("integral", [](P x, P yT, P yn, P vT, P vR, P inv, P out, SIZE_ARGS) {
     by_kind<IntegralOp>(dtype, kind, SIZES, x, yT, yn, vT, vR, inv, out);
   });
@@ -1405,10 +1433,5 @@ PYBIND11_MODULE(_cpu_ext, m) {
   });
   m.def("fexp", [](double x, int dtype) { return dtype == 0 ? double(fexp(float(x))) : fexp(x); },
         "our vectorisable exp on one number (for tests)");
-#ifdef _OPENMP
-  m.attr("openmp") = true;
-#else
-  m.attr("openmp") = false;
-#endif
 }
 #endif  // GPFLOW_CPU_PART != 1

@@ -164,3 +164,24 @@ def test_backend_cpu_errors_name_the_problem(monkeypatch):
     with pytest.raises(ValueError, match="backend='cpu' is not available"):
         gk.mmd_field(x, x, backend="cpu")
     assert ops._impl("auto", x) is reference  # without the extension the CPU default is the tiled path
+
+
+def test_a_forked_child_can_call_the_kernels_again():
+    """The threads are started per call: a child forked after the parent ran the kernels (as
+    multiprocessing's fork and DataLoader workers do) runs them too; an OpenMP pool hangs there."""
+    import multiprocessing as mp
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(700, 2, generator=torch.Generator().manual_seed(0))
+        want = gk.mmd_field(x, x + 1, backend="cpu")
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=lambda: q.put(gk.mmd_field(x, x + 1, backend="cpu").tolist()))
+        p.start()
+        got = q.get(timeout=60)
+        p.join(timeout=60)
+        assert p.exitcode == 0 and got == want.tolist()
+    finally:
+        torch.set_num_threads(before)
