@@ -1,8 +1,8 @@
 """Build script: the pure-Python packages (described in pyproject.toml) plus two optional
 extensions built from csrc/ with ninja:
 
-- gpflow_kernels._cpu_ext (csrc/gpflow_cpu.cpp), the fused CPU kernels, where a C++ compiler is
-  found. Without one, or if it fails to build, the install goes on without it and the
+- gpflow_kernels._cpu_ext (csrc/gpflow_cpu.cpp), the fused CPU kernels, where a C++ compiler with
+  OpenMP is found. Without one, or if it fails to build, the install goes on without it and the
   CPU ops use the tiled torch path (with a one-line notice here and from gpflow_kernels).
 - gpflow_kernels._cuda_ext (csrc/gpflow_cuda.cu), the CUDA kernels, where nvcc is found.
 
@@ -30,10 +30,10 @@ from setuptools.errors import CompileError
 
 SOURCE = os.path.join("csrc", "gpflow_cuda.cu")
 CPU_SOURCE = os.path.join("csrc", "gpflow_cpu.cpp")
-#: Flags of the CPU extension. -fopenmp-simd honours its `omp simd` loops without the OpenMP
-#: runtime (threads are std::threads); -fno-math-errno / -fno-trapping-math let GCC vectorise sqrt
-#: and the steps of our exp; no -ffast-math (NaN and inf keep their meaning).
-CPU_FLAGS = "-O3 -std=c++17 -fPIC -fvisibility=hidden -fopenmp-simd -fno-math-errno -fno-trapping-math -pthread"
+#: Flags of the CPU extension. -fopenmp: its threads are OpenMP's, and at run time libgomp.so.1
+#: resolves to the copy torch loaded, so they are torch's pool; -fno-math-errno / -fno-trapping-math
+#: let GCC vectorise sqrt and the steps of our exp; no -ffast-math (NaN and inf keep their meaning).
+CPU_FLAGS = "-O3 -std=c++17 -fPIC -fvisibility=hidden -fopenmp -fno-math-errno -fno-trapping-math"
 
 
 def find_cxx():
@@ -114,7 +114,7 @@ class NinjaBuildExt(build_ext):
         with open(os.path.join(tmp, "build_cpu.ninja"), "w") as f:
             f.write(
                 f"rule cxx\n  command = {ext.cxx} {CPU_FLAGS} -march={march} {includes} $defs -c $in -o $out\n"
-                f"rule link\n  command = {ext.cxx} -shared -pthread $in -o $out\n"
+                f"rule link\n  command = {ext.cxx} -shared -fopenmp $in -o $out\n"
                 f"build {objs[0]}: cxx {src}\n  defs = -DGPFLOW_CPU_PART=0\n"
                 f"build {objs[1]}: cxx {src}\n  defs = -DGPFLOW_CPU_PART=1\n"
                 f"build {out}: link {' '.join(objs)}\n"

@@ -3,11 +3,13 @@ alternated round by round; prints a Markdown table of medians, ratios and the fr
 torch.exp's throughput for the forward passes (kernel evaluations per second / exp elements
 per second, same threads).
 
-Usage: OMP_NUM_THREADS=2 python benchmarks/fused_cpu_interleaved.py [rounds]
+Usage: OMP_NUM_THREADS=2 python benchmarks/fused_cpu_interleaved.py [rounds] [op ...]
+(the ops default to all; GPFLOW_BENCH_KEOPS=0 leaves KeOps out)
 The thread count is torch's (OMP_NUM_THREADS). KeOps joins where pykeops imports; its first call
 compiles, and every implementation's result is checked against the tiled one before timing.
 """
 
+import os
 import statistics
 import sys
 import time
@@ -28,15 +30,16 @@ def has_keops():
         return False
 
 
-def main(rounds=7):
+def main(rounds=7, ops=OPS):
     threads = torch.get_num_threads()
-    impls = ["fused", "tiled"] + (["keops"] if has_keops() else [])
+    keops = has_keops() and os.environ.get("GPFLOW_BENCH_KEOPS", "1") != "0"
+    impls = ["fused", "tiled"] + (["keops"] if keops else [])
     rate = exp_rate(threads)
     print(f"threads {threads}; torch.exp: {rate / 1e9:.2f} G elements/s")
     print("| op | N = M | D | pass | impl | median (ms) | tiled / impl | keops / impl | exp-throughput fraction |")
     print("|---|---:|---:|---|---|---:|---:|---:|---:|")
     for n, d in SIZES:
-        for op in OPS:
+        for op in ops:
             for backward in (False, True):
                 fns = {k: make(op, k, n, d, backward) for k in impls}
                 ref = fns["tiled"]()
@@ -57,4 +60,4 @@ def main(rounds=7):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 7)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 7, sys.argv[2:] or OPS)

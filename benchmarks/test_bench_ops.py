@@ -1,5 +1,6 @@
-"""Each op against its naive dense torch version (and KeOps, where pykeops is installed), in the
-same pytest-benchmark group.
+"""Each op's tiled torch path (backend="torch") against its naive dense torch version (and KeOps,
+where pykeops is installed), in the same pytest-benchmark group. The fused CPU kernels, the CPU
+default since #17, are compared with both in test_bench_fused_cpu.py.
 
 Run: pytest benchmarks --benchmark-only   (ratios: python benchmarks/report.py FILE.json)
 """
@@ -46,7 +47,7 @@ def pick(impl, name, ours, dense, *args):
 def test_mmd_field(benchmark, impl, n, d):
     benchmark.group = f"mmd_field N=M={n} D={d}"
     x, y, s = points(n, d, 0), points(n, d, 1) + 0.5, 0.5 * d**0.5
-    run(benchmark, pick(impl, "mmd_field", lambda: gk.mmd_field(x, y, bandwidth=s), naive.mmd_field, x, y, s))
+    run(benchmark, pick(impl, "mmd_field", lambda: gk.mmd_field(x, y, bandwidth=s, backend="torch"), naive.mmd_field, x, y, s))
 
 
 @pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
@@ -57,7 +58,7 @@ def test_mmd2_value_and_grad(benchmark, impl, n, d):
 
     def tiled():
         xr = x.clone().requires_grad_(True)
-        val = gk.mmd2(xr, y, bandwidth=s)
+        val = gk.mmd2(xr, y, bandwidth=s, backend="torch")
         val.backward()
         return val, xr.grad
 
@@ -69,7 +70,7 @@ def test_mmd2_value_and_grad(benchmark, impl, n, d):
 def test_kernel_integral(benchmark, impl, n, d):
     benchmark.group = f"kernel_integral P=4 N=M={n} D={d}"
     x, y, v, s = points(n, d, 0), points(n, d, 1), points(n, 4, 2), 0.5 * d**0.5
-    run(benchmark, pick(impl, "kernel_integral", lambda: gk.kernel_integral(x, y, v, bandwidth=s), naive.kernel_integral, x, y, v, s))
+    run(benchmark, pick(impl, "kernel_integral", lambda: gk.kernel_integral(x, y, v, bandwidth=s, backend="torch"), naive.kernel_integral, x, y, v, s))
 
 
 @pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
@@ -77,7 +78,7 @@ def test_kernel_integral(benchmark, impl, n, d):
 def test_kde_score(benchmark, impl, n, d):
     benchmark.group = f"kde_score N=M={n} D={d}"
     x, y, s = points(n, d, 0), points(n, d, 1), 0.3 * d**0.5
-    run(benchmark, pick(impl, "kde_score", lambda: gk.kde_score(x, y, bandwidth=s), naive.kde_score, x, y, s))
+    run(benchmark, pick(impl, "kde_score", lambda: gk.kde_score(x, y, bandwidth=s, backend="torch"), naive.kde_score, x, y, s))
 
 
 @pytest.mark.parametrize("n,d", SIZES, ids=lambda v: str(v))
@@ -87,4 +88,4 @@ def test_svgd_field(benchmark, impl, n, d):
     x = points(n, d, 0)
     score = -x
     s = 0.5 * d**0.5
-    run(benchmark, (lambda: gk.svgd_field(x, score, bandwidth=s)) if impl == "tiled" else (lambda: naive.svgd_field(x, score, s)))
+    run(benchmark, (lambda: gk.svgd_field(x, score, bandwidth=s, backend="torch")) if impl == "tiled" else (lambda: naive.svgd_field(x, score, s)))

@@ -6,13 +6,13 @@
 // oracle are gpflow_kernels/reference.py; inputs arrive centred on the mean of y as there.
 //
 // Layout. One "outer" point at a time (a row x_i for the forward passes and the x gradients, a
-// column y_j for the y/weight gradients), spread over threads (parallel_chunks); its "inner"
-// points come transposed, (D, L), so that each pass over a block of JB inner points is a
-// unit-stride loop the compiler vectorises (#pragma omp simd under -fopenmp-simd: no OpenMP
-// runtime). A block's squared distances, kernel values and weights live in small stack buffers
-// (L1), and the reductions keep their accumulators in registers: no N×M array is ever written.
-// exp is our own vectorisable Cody–Waite + polynomial (fexp); sqrt is the hardware's; the
-// polyharmonic kernels call std::pow/std::log (scalar, correct, slower).
+// column y_j for the y/weight gradients), spread over torch's OpenMP threads (parallel_chunks);
+// its "inner" points come transposed, (D, L), so that each pass over a block of JB inner points is
+// a unit-stride loop the compiler vectorises (#pragma omp simd). A block's squared distances,
+// kernel values and weights live in small stack buffers (L1), and the reductions keep their
+// accumulators in registers: no N×M array is ever written. exp is our own vectorisable
+// Cody–Waite + polynomial (fexp); sqrt is the hardware's; the polyharmonic kernels call
+// std::pow/std::log (scalar, correct, slower).
 //
 // Distances: exact differences for D <= EXACT_MAX_D (8, as the reference), above that
 // |x|² + |y|² − 2 x·y on the centred points with round-off-sized values snapped to 0 (as the
@@ -28,8 +28,6 @@
 #include <stdexcept>
 #include <vector>
 
-#include <atomic>
-#include <thread>
 
 namespace py = pybind11;
 
@@ -204,9 +202,31 @@ inline void dot_block(const T* o, const Inner<T>& in, int D, int64_t q0, int nb,
 }
 
 // r²[q] = |o − inner_q|².
+// r²[q] for a compile-time D: one pass, the coordinates in registers.
+template <typename T, int DC>
+inline void sqdist_fixed(const T* o, const T* c, int64_t ld, int nb, T* r2) {
+  T od[DC];
+  for (int d = 0; d < DC; ++d) od[d] = o[d];
+#pragma omp simd
+  for (int q = 0; q < nb; ++q) {
+    T acc = T(0);
+    for (int d = 0; d < DC; ++d) {
+      const T e = od[d] - c[d * ld + q];
+      acc += e * e;
+    }
+    r2[q] = acc;
+  }
+}
+
 template <typename T>
 inline void sqdist_block(const T* o, T oo, const Inner<T>& in, int D, int64_t q0, int nb, T* r2) {
   const T* c = in.pts + q0;
+  switch (D) {  // the common small dimensions in one pass each
+    case 1: return sqdist_fixed<T, 1>(o, c, in.L, nb, r2);
+    case 2: return sqdist_fixed<T, 2>(o, c, in.L, nb, r2);
+    case 3: return sqdist_fixed<T, 3>(o, c, in.L, nb, r2);
+    default: break;
+  }
   if (D <= EXACT_MAX_D) {
     const T o0 = o[0];
 #pragma omp simd
@@ -256,6 +276,96 @@ inline void wsum_coords(const T* w, const Inner<T>& in, int D, int64_t q0, int n
   }
 }
 
+// Σ_q w[q], and acc[d] += Σ_q w[q] inner_d[q]: one pass for D <= 4, else D + 1 passes.
+template <typename T, int DC>
+inline T wsum_fixed(const T* w, const T* c, int64_t ld, int nb, T* acc) {
+  T s = T(0), a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
+  const T* c1 = c + (DC > 1 ? ld : 0);
+  const T* c2 = c + (DC > 2 ? 2 * ld : 0);
+  const T* c3 = c + (DC > 3 ? 3 * ld : 0);
+#pragma omp simd reduction(+ : s, a0, a1, a2, a3)
+  for (int q = 0; q < nb; ++q) {
+    s += w[q];
+    a0 += w[q] * c[q];
+    if constexpr (DC > 1) a1 += w[q] * c1[q];
+    if constexpr (DC > 2) a2 += w[q] * c2[q];
+    if constexpr (DC > 3) a3 += w[q] * c3[q];
+  }
+  acc[0] += a0;
+  if constexpr (DC > 1) acc[1] += a1;
+  if constexpr (DC > 2) acc[2] += a2;
+  if constexpr (DC > 3) acc[3] += a3;
+  return s;
+}
+
+template <typename T>
+inline T wsum_all(const T* w, const Inner<T>& in, int D, int64_t q0, int nb, T* acc) {
+  const T* c = in.pts + q0;
+  switch (D) {
+    case 1: return wsum_fixed<T, 1>(w, c, in.L, nb, acc);
+    case 2: return wsum_fixed<T, 2>(w, c, in.L, nb, acc);
+    case 3: return wsum_fixed<T, 3>(w, c, in.L, nb, acc);
+    case 4: return wsum_fixed<T, 4>(w, c, in.L, nb, acc);
+    default: wsum_coords(w, in, D, q0, nb, acc); return sum_block(w, nb);
+  }
+}
+
+// The soft assignment's inner loop for a compile-time D <= 4: −r²/(2σ²) and its block maximum in
+// one pass (logits_fixed), then p = exp(ℓ − m) with Σp and Σ p·c_d in another (expsum_fixed).
+template <typename T, int DC>
+inline T logits_fixed(const T* o, const T* c, int64_t ld, int nb, T scale, T* l) {
+  T od[DC];
+  for (int d = 0; d < DC; ++d) od[d] = o[d];
+  T bm = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : bm)
+  for (int q = 0; q < nb; ++q) {
+    T acc = T(0);
+    for (int d = 0; d < DC; ++d) {
+      const T e = od[d] - c[d * ld + q];
+      acc += e * e;
+    }
+    l[q] = acc * scale;
+    bm = std::max(bm, l[q]);
+  }
+  return bm;
+}
+
+template <typename T, int DC>
+inline T expsum_fixed(const T* l, T m, const T* c, int64_t ld, int nb, T* acc) {
+  T s = T(0), a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
+  const T* c1 = c + (DC > 1 ? ld : 0);
+  const T* c2 = c + (DC > 2 ? 2 * ld : 0);
+  const T* c3 = c + (DC > 3 ? 3 * ld : 0);
+#pragma omp simd reduction(+ : s, a0, a1, a2, a3)
+  for (int q = 0; q < nb; ++q) {
+    const T p = fexp(l[q] - m);
+    s += p;
+    a0 += p * c[q];
+    if constexpr (DC > 1) a1 += p * c1[q];
+    if constexpr (DC > 2) a2 += p * c2[q];
+    if constexpr (DC > 3) a3 += p * c3[q];
+  }
+  acc[0] += a0;
+  if constexpr (DC > 1) acc[1] += a1;
+  if constexpr (DC > 2) acc[2] += a2;
+  if constexpr (DC > 3) acc[3] += a3;
+  return s;
+}
+
+template <typename T, int DC>
+void softmax_row_fixed(const T* xi, const Inner<T>& in, int64_t M, T ib, T* acc, T& m, T& tot) {
+  alignas(64) T l[JB];
+  for (int64_t q0 = 0; q0 < M; q0 += JB) {
+    const int nb = static_cast<int>(std::min<int64_t>(JB, M - q0));
+    const T bm = logits_fixed<T, DC>(xi, in.pts + q0, in.L, nb, T(-0.5) * ib, l);
+    const T mn = std::max(m, bm);
+    const T scale = std::exp(m - mn);  // 0 on the first block
+    for (int d = 0; d < DC; ++d) acc[d] *= scale;
+    tot = tot * scale + expsum_fixed<T, DC>(l, mn, in.pts + q0, in.L, nb, acc);
+    m = mn;
+  }
+}
+
 template <typename T>
 inline T sqnorm(const T* o, int D) {
   T s = T(0);
@@ -263,11 +373,13 @@ inline T sqnorm(const T* o, int D) {
   return s;
 }
 
-// f(t) for t in [0, total) on up to nt threads taking `chunk` indices at a time. Threads are
-// started per call (std::thread), not kept in a pool: an OpenMP (libgomp) pool hangs a forked child
-// that calls the kernels again (multiprocessing's fork, DataLoader workers), and a pool owned by
-// torch would mean linking against torch. Calls with fewer than MIN_PAIRS_PER_THREAD pairs per
-// thread use fewer threads, so small calls do not pay for starting them (about 20 µs each).
+// f(t) for t in [0, total) on up to nt OpenMP threads, `chunk` indices at a time. The extension
+// links libgomp.so.1, which resolves to the copy torch has already loaded (same soname; _cpu.py
+// imports torch first), so the kernels run on torch's own OpenMP pool: no second set of threads
+// competing with torch's spinning workers between ops (measured: std::threads started per call
+// ran 1.5x slower right after a torch op). Like torch's ops, they then need one thread in a child
+// forked after parallel work (DataLoader workers set that); with one thread no pool is touched.
+// Calls with fewer than MIN_PAIRS_PER_THREAD pairs per thread use fewer threads.
 constexpr int64_t MIN_PAIRS_PER_THREAD = int64_t(1) << 16;
 
 template <typename F>
@@ -278,26 +390,49 @@ void parallel_chunks(int64_t total, int64_t chunk, int64_t pairs, int nt, F f) {
     for (int64_t t = 0; t < total; ++t) f(t);
     return;
   }
-  std::atomic<int64_t> next{0};
-  auto work = [&] {
-    for (;;) {
-      const int64_t s = next.fetch_add(chunk);
-      if (s >= total) break;
-      const int64_t e = std::min(total, s + chunk);
-      for (int64_t t = s; t < e; ++t) f(t);
-    }
-  };
-  std::vector<std::thread> threads;
-  threads.reserve(k - 1);
-  for (int i = 1; i < k; ++i) threads.emplace_back(work);
-  work();
-  for (auto& th : threads) th.join();
+#pragma omp parallel for schedule(dynamic, chunk) num_threads(k)
+  for (int64_t t = 0; t < total; ++t) f(t);
 }
 
 // Loop over the B × L outer points (each against `inner` points) on nt threads; f(b, i).
 template <typename F>
 void for_outer(int64_t B, int64_t L, int64_t inner, int nt, F f) {
   parallel_chunks(B * L, 8, B * L * inner, nt, [&](int64_t t) { f(t / L, t % L); });
+}
+
+// r² and the kernel terms of one block: sqdist_block then radial_block, in one pass when D <= 3
+// and there is one bandwidth (the usual case).
+template <typename T, int KIND, int ORDER, int DC>
+inline void kernel_fixed(const T* o, const T* c, int64_t ld, int nb, T ib, const Spec& s, T* k0, T* k1, T* k2) {
+  T od[DC];
+  for (int d = 0; d < DC; ++d) od[d] = o[d];
+  const T ib2 = ib * ib;
+#pragma omp simd
+  for (int q = 0; q < nb; ++q) {
+    T r2 = T(0);
+    for (int d = 0; d < DC; ++d) {
+      const T e = od[d] - c[d * ld + q];
+      r2 += e * e;
+    }
+    T p0, p1 = T(0), p2 = T(0);
+    profile<T, KIND, ORDER>(r2 * ib, s, p0, p1, p2);
+    k0[q] = p0;
+    if constexpr (ORDER >= 1) k1[q] = p1 * ib;
+    if constexpr (ORDER >= 2) k2[q] = p2 * ib2;
+  }
+}
+
+template <typename T, int KIND, int ORDER>
+inline void kernel_block(const T* o, T oo, const Inner<T>& in, int D, int64_t q0, int nb, const T* inv, int K,
+                         const Spec& s, T* r2, T* k0, T* k1, T* k2) {
+  if (K == 1 && D <= 3) {
+    const T* c = in.pts + q0;
+    if (D == 1) return kernel_fixed<T, KIND, ORDER, 1>(o, c, in.L, nb, inv[0], s, k0, k1, k2);
+    if (D == 2) return kernel_fixed<T, KIND, ORDER, 2>(o, c, in.L, nb, inv[0], s, k0, k1, k2);
+    return kernel_fixed<T, KIND, ORDER, 3>(o, c, in.L, nb, inv[0], s, k0, k1, k2);
+  }
+  sqdist_block(o, oo, in, D, q0, nb, r2);
+  radial_block<T, KIND, ORDER>(r2, nb, inv, K, s, k0, k1, k2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,10 +469,12 @@ void integral_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
     for (int p = 0; p < z.P; ++p) o[p] = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      sqdist_block(xi, xx, in, z.D, q0, nb, r2);
-      radial_block<T, KIND, 0>(r2, nb, inv + b * z.inv_bs, z.K, s, k0, nullptr, nullptr);
+      kernel_block<T, KIND, 0>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, nullptr, nullptr);
       if (!vb) {
         o[0] += sum_block(k0, nb);
+      } else if (z.P <= 4) {  // one pass (wsum_fixed's sums of k0 times the values' rows)
+        const Inner<T> vin{vb, nullptr, z.Mp};
+        wsum_all(k0, vin, z.P, q0, nb, o);
       } else {
         for (int p = 0; p < z.P; ++p) {
           const T* vp = vb + p * z.Mp + q0;
@@ -367,8 +504,7 @@ void integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
     T wsum = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      sqdist_block(xi, xx, in, z.D, q0, nb, r2);
-      radial_block<T, KIND, 1>(r2, nb, inv + b * z.inv_bs, z.K, s, k0, k1, nullptr);
+      kernel_block<T, KIND, 1>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
       if (!vb) {
         const T c = T(2) * gi[0];
 #pragma omp simd
@@ -387,8 +523,7 @@ void integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
 #pragma omp simd
         for (int q = 0; q < nb; ++q) w[q] *= T(2) * k1[q];
       }
-      wsum += sum_block(w, nb);
-      wsum_coords(w, in, z.D, q0, nb, a);
+      wsum += wsum_all(w, in, z.D, q0, nb, a);
     }
     T* o = gx + (b * z.N + i) * z.D;
     for (int d = 0; d < z.D; ++d) o[d] = xi[d] * wsum - a[d];
@@ -413,8 +548,7 @@ void integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
     T wsum = T(0);
     for (int64_t q0 = 0; q0 < z.N; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.N - q0));
-      sqdist_block(yj, yy, in, z.D, q0, nb, r2);
-      radial_block<T, KIND, ORDER>(r2, nb, inv + b * z.inv_bs, z.K, s, k0, k1, nullptr);
+      kernel_block<T, KIND, ORDER>(yj, yy, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
       if (gv) {
         for (int p = 0; p < z.P; ++p) {
           const T* gp = gb + p * z.Np + q0;
@@ -438,8 +572,7 @@ void integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
           }
 #pragma omp simd
           for (int q = 0; q < nb; ++q) w[q] *= T(2) * k1[q];
-          wsum += sum_block(w, nb);
-          wsum_coords(w, in, z.D, q0, nb, ay);
+          wsum += wsum_all(w, in, z.D, q0, nb, ay);
         }
       }
     }
@@ -468,8 +601,7 @@ void grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
     T wsum = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      sqdist_block(xi, xx, in, z.D, q0, nb, r2);
-      radial_block<T, KIND, 1>(r2, nb, inv + b * z.inv_bs, z.K, s, k0, k1, nullptr);
+      kernel_block<T, KIND, 1>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
       if (ab) {
         const T* aq = ab + q0;
 #pragma omp simd
@@ -478,8 +610,7 @@ void grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
 #pragma omp simd
         for (int q = 0; q < nb; ++q) k1[q] *= T(2);
       }
-      wsum += sum_block(k1, nb);
-      wsum_coords(k1, in, z.D, q0, nb, acc.data());
+      wsum += wsum_all(k1, in, z.D, q0, nb, acc.data());
     }
     T* o = out + (b * z.N + i) * z.D;
     for (int d = 0; d < z.D; ++d) o[d] = xi[d] * wsum - acc[d];
@@ -504,8 +635,7 @@ void grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
     T asum = T(0), csum = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      sqdist_block(xi, xx, in, z.D, q0, nb, r2);
-      radial_block<T, KIND, 2>(r2, nb, inv + b * z.inv_bs, z.K, s, k0, k1, k2);
+      kernel_block<T, KIND, 2>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, k2);
       dot_block(gi, in, z.D, q0, nb, dg);  // g_i · y_j
       const T* aq = ab ? ab + q0 : nullptr;
 #pragma omp simd
@@ -515,8 +645,7 @@ void grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
         k2[q] = T(4) * k2[q] * aj * (xg - dg[q]);  // C
       }
       asum += sum_block(k1, nb);
-      csum += sum_block(k2, nb);
-      wsum_coords(k2, in, z.D, q0, nb, acc.data());
+      csum += wsum_all(k2, in, z.D, q0, nb, acc.data());
     }
     T* o = gx + (b * z.N + i) * z.D;
     for (int d = 0; d < z.D; ++d) o[d] = gi[d] * asum + xi[d] * csum - acc[d];
@@ -541,8 +670,7 @@ void grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
     T csum = T(0), gasum = T(0);
     for (int64_t q0 = 0; q0 < z.N; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.N - q0));
-      sqdist_block(yj, yy, in, z.D, q0, nb, r2);
-      radial_block<T, KIND, ORDER>(r2, nb, inv + b * z.inv_bs, z.K, s, k0, k1, k2);
+      kernel_block<T, KIND, ORDER>(yj, yy, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, k2);
       dot_block(yj, gin, z.D, q0, nb, dg);  // y_j · g_i
       const T* xgq = xg + q0;
 #pragma omp simd
@@ -560,8 +688,7 @@ void grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
         if (gy) {
 #pragma omp simd
           for (int q = 0; q < nb; ++q) k2[q] = T(4) * k2[q] * aj * dg[q];
-          csum += sum_block(k2, nb);
-          wsum_coords(k2, in, z.D, q0, nb, cx);
+          csum += wsum_all(k2, in, z.D, q0, nb, cx);
           wsum_coords(k1, gin, z.D, q0, nb, ag);
         }
       }
@@ -586,29 +713,39 @@ void softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T* 
     const T xx = sqnorm(xi, z.D);
     std::vector<T> acc(z.D, T(0));
     T m = -std::numeric_limits<T>::infinity(), tot = T(0);
-    for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
+    switch (z.D) {  // two passes per block for the common small dimensions
+      case 1: softmax_row_fixed<T, 1>(xi, in, z.M, ib, acc.data(), m, tot); break;
+      case 2: softmax_row_fixed<T, 2>(xi, in, z.M, ib, acc.data(), m, tot); break;
+      case 3: softmax_row_fixed<T, 3>(xi, in, z.M, ib, acc.data(), m, tot); break;
+      case 4: softmax_row_fixed<T, 4>(xi, in, z.M, ib, acc.data(), m, tot); break;
+      default: break;
+    }
+    for (int64_t q0 = 0; z.D > 4 && q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
+      T bm = -std::numeric_limits<T>::infinity();
       if (z.D <= EXACT_MAX_D) {
         sqdist_block(xi, xx, in, z.D, q0, nb, l);
         const T c = T(-0.5) * ib;
-#pragma omp simd
-        for (int q = 0; q < nb; ++q) l[q] *= c;
+#pragma omp simd reduction(max : bm)
+        for (int q = 0; q < nb; ++q) {
+          l[q] *= c;
+          bm = std::max(bm, l[q]);
+        }
       } else {
         dot_block(xi, in, z.D, q0, nb, l);
         const T* nn = in.nrm + q0;
-#pragma omp simd
-        for (int q = 0; q < nb; ++q) l[q] = (l[q] - T(0.5) * nn[q]) * ib;
-      }
-      T bm = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : bm)
-      for (int q = 0; q < nb; ++q) bm = std::max(bm, l[q]);
+        for (int q = 0; q < nb; ++q) {
+          l[q] = (l[q] - T(0.5) * nn[q]) * ib;
+          bm = std::max(bm, l[q]);
+        }
+      }
       const T mn = std::max(m, bm);
       const T scale = std::exp(m - mn);  // 0 on the first block
 #pragma omp simd
       for (int q = 0; q < nb; ++q) l[q] = fexp(l[q] - mn);
-      tot = tot * scale + sum_block(l, nb);
       for (int d = 0; d < z.D; ++d) acc[d] *= scale;
-      wsum_coords(l, in, z.D, q0, nb, acc.data());
+      tot = tot * scale + wsum_all(l, in, z.D, q0, nb, acc.data());
       m = mn;
     }
     T* o = mu + (b * z.N + i) * z.D;

@@ -80,7 +80,7 @@ def _cpu_impl(backend: str, x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
     if not _cpu.available():
         raise ValueError(
             "backend='cpu' is not available: the extension gpflow_kernels._cpu_ext was not built "
-            f"({_cpu.IMPORT_ERROR}); reinstall where a C++ compiler is found (GPFLOW_BUILD_CPU=1 to insist)"
+            f"({_cpu.IMPORT_ERROR}); reinstall where a C++ compiler with OpenMP is found (GPFLOW_BUILD_CPU=1 to insist)"
         )
     if x.device.type != "cpu":
         raise ValueError(f"backend='cpu' needs CPU tensors, got x on {x.device}")
