@@ -202,20 +202,24 @@ inline void dot_block(const T* o, const Inner<T>& in, int D, int64_t q0, int nb,
 }
 
 // r²[q] = |o − inner_q|².
+// |o − c_q|² for a compile-time D, o in registers, c transposed with row stride ld.
+template <typename T, int DC>
+inline __attribute__((always_inline)) T r2_at(const T (&od)[DC], const T* c, int64_t ld, int q) {
+  T acc = T(0);
+  for (int d = 0; d < DC; ++d) {
+    const T e = od[d] - c[d * ld + q];
+    acc += e * e;
+  }
+  return acc;
+}
+
 // r²[q] for a compile-time D: one pass, the coordinates in registers.
 template <typename T, int DC>
 inline void sqdist_fixed(const T* o, const T* c, int64_t ld, int nb, T* r2) {
   T od[DC];
   for (int d = 0; d < DC; ++d) od[d] = o[d];
 #pragma omp simd
-  for (int q = 0; q < nb; ++q) {
-    T acc = T(0);
-    for (int d = 0; d < DC; ++d) {
-      const T e = od[d] - c[d * ld + q];
-      acc += e * e;
-    }
-    r2[q] = acc;
-  }
+  for (int q = 0; q < nb; ++q) r2[q] = r2_at(od, c, ld, q);
 }
 
 template <typename T>
@@ -319,12 +323,7 @@ inline T logits_fixed(const T* o, const T* c, int64_t ld, int nb, T scale, T* l)
   T bm = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : bm)
   for (int q = 0; q < nb; ++q) {
-    T acc = T(0);
-    for (int d = 0; d < DC; ++d) {
-      const T e = od[d] - c[d * ld + q];
-      acc += e * e;
-    }
-    l[q] = acc * scale;
+    l[q] = r2_at(od, c, ld, q) * scale;
     bm = std::max(bm, l[q]);
   }
   return bm;
@@ -409,11 +408,7 @@ inline void kernel_fixed(const T* o, const T* c, int64_t ld, int nb, T ib, const
   const T ib2 = ib * ib;
 #pragma omp simd
   for (int q = 0; q < nb; ++q) {
-    T r2 = T(0);
-    for (int d = 0; d < DC; ++d) {
-      const T e = od[d] - c[d * ld + q];
-      r2 += e * e;
-    }
+    const T r2 = r2_at(od, c, ld, q);
     T p0, p1 = T(0), p2 = T(0);
     profile<T, KIND, ORDER>(r2 * ib, s, p0, p1, p2);
     k0[q] = p0;
