@@ -3,8 +3,10 @@
 Usage: python benchmarks/report.py bench.json
 Each group holds one or more of our implementations and one or more baselines; one row per
 (baseline, implementation of ours) pair. Ours are the GPU backends ("triton", "cuda") where a
-group has them (the tiled torch path is then a baseline), else the names starting "tiled" or
-"ours" (e.g. "ours-compiled"). Baselines: naive, keops, torchsde, torchdiffeq, and so on.
+group has them, else the fused CPU kernels ("fused") where it has them (the tiled torch path is
+then a baseline), else the names starting "tiled" or "ours" (e.g. "ours-compiled"). Baselines:
+naive, keops, torchsde, torchdiffeq, and so on. Benchmarks without an "impl" (a yardstick such
+as torch.exp's throughput) are left out.
 """
 
 import json
@@ -12,6 +14,7 @@ import sys
 from collections import defaultdict
 
 OURS_GPU = ("triton", "cuda")
+OURS_FUSED = ("fused",)
 OURS_CPU = ("tiled", "ours")
 
 
@@ -19,11 +22,12 @@ def rows(data):
     """[(group, baseline, baseline median s, ours, ours median s)] in a stable order."""
     groups = defaultdict(dict)
     for b in data["benchmarks"]:
-        groups[b["group"]][b["params"]["impl"]] = b["stats"]["median"]
+        if (b.get("params") or {}).get("impl") is not None:
+            groups[b["group"]][b["params"]["impl"]] = b["stats"]["median"]
     out = []
     for g in sorted(groups):
         t = groups[g]
-        prefix = OURS_GPU if any(k.startswith(OURS_GPU) for k in t) else OURS_CPU
+        prefix = next((p for p in (OURS_GPU, OURS_FUSED) if any(k.startswith(p) for k in t)), OURS_CPU)
         ours = sorted(k for k in t if k.startswith(prefix))
         for base in sorted(k for k in t if not k.startswith(prefix)):
             for k in ours:

@@ -69,9 +69,12 @@ def test_report_pairs_each_baseline_with_each_of_ours():
         bench("cpu op", "tiled", 1.0), bench("cpu op", "naive", 4.0), bench("cpu op", "keops", 2.0),
         bench("gpu op", "triton", 0.1), bench("gpu op", "tiled", 1.0), bench("gpu op", "keops", 0.3),
         bench("sde", "ours", 1.0), bench("sde", "ours-compiled", 0.5), bench("sde", "torchsde", 3.0),
+        bench("fused op", "fused", 0.2), bench("fused op", "tiled", 1.0), bench("fused op", "keops", 2.0),
+        {"group": "yardstick", "params": None, "stats": {"median": 1e-5}},
     ]}
     assert report.rows(data) == [
         ("cpu op", "keops", 2.0, "tiled", 1.0), ("cpu op", "naive", 4.0, "tiled", 1.0),
+        ("fused op", "keops", 2.0, "fused", 0.2), ("fused op", "tiled", 1.0, "fused", 0.2),
         ("gpu op", "keops", 0.3, "triton", 0.1), ("gpu op", "tiled", 1.0, "triton", 0.1),
         ("sde", "torchsde", 3.0, "ours", 1.0), ("sde", "torchsde", 3.0, "ours-compiled", 0.5),
     ]
