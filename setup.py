@@ -132,7 +132,8 @@ class NinjaBuildExt(build_ext):
 ext_modules = []
 cxx = find_cxx()
 if cxx:
-    cpu = Extension("gpflow_kernels._cpu_ext", sources=[CPU_SOURCE], optional=True)
+    cpu = Extension("gpflow_kernels._cpu_ext", sources=[CPU_SOURCE], optional=True,
+                    depends=[os.path.join("csrc", h) for h in ("cpu_math.h", "cpu_rows.h", "cpu_tiles.h")])
     cpu.cxx = cxx
     ext_modules.append(cpu)
 nvcc = find_nvcc()

@@ -1,0 +1,501 @@
+// cpu_tiles.h: the tiled path for D > 8 (register-blocked products with the kernel computed in between).
+// One of the parts of csrc/gpflow_cpu.cpp, which includes it; see the header comment there.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu_rows.h"
+
+namespace gpflow_cpu {
+
+// ---------------------------------------------------------------------------------------------
+// The tiled path, for D > EXACT_MAX_D: MR outer points at a time, so that the two D-long
+// products of each pair run as small register-blocked matrix products ("GEMM with the kernel in
+// the epilogue"): tile_dots gives the MR × JBT dot products from the transposed inner points, the
+// kernel and weights are computed on that tile in L1, and tile_reduce adds Σ_q w[r][q] C[q][:]
+// from the row-major inner points with MR × 4 vector accumulators. GCC vector extensions (64-byte
+// vectors; GCC splits them where the machine has narrower ones) make the blocking explicit.
+
+template <typename T>
+struct VecT;
+template <>
+struct VecT<float> {
+  typedef float type __attribute__((vector_size(64)));
+};
+template <>
+struct VecT<double> {
+  typedef double type __attribute__((vector_size(64)));
+};
+template <typename T>
+using Vec = typename VecT<T>::type;
+template <typename T>
+constexpr int LANES = 64 / sizeof(T);
+
+template <typename T>
+inline Vec<T> vload(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+inline void vstore(T* p, Vec<T> v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+
+constexpr int MR = 6;     // outer points per tile
+constexpr int JBT = 128;  // inner points per tile block (a multiple of PADQ)
+
+// out[r * JBT + q] = Σ_d a[r][d] CT[d * ld + q0 + q] for q < nb rounded up to 2 vectors (CT is padded).
+template <typename T>
+inline void tile_dots(const T* const* a, int D, const T* CT, int64_t ld, int64_t q0, int nb, T* out) {
+  constexpr int W = LANES<T>;
+  for (int q = 0; q < nb; q += 2 * W) {
+    Vec<T> acc[MR][2];
+    for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = Vec<T>{};
+    const T* c = CT + q0 + q;
+    for (int d = 0; d < D; ++d, c += ld) {
+      const Vec<T> c0 = vload(c), c1 = vload(c + W);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const T s = a[r][d];
+        acc[r][0] += s * c0;
+        acc[r][1] += s * c1;
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      vstore(out + r * JBT + q, acc[r][0]);
+      vstore(out + r * JBT + q + W, acc[r][1]);
+    }
+  }
+}
+
+// acc[r * lda + dc + k·W + ·] += Σ_{q < nb} w[r * JBT + q] C[(q0 + q) * ldc + dc + k·W + ·], k < NV.
+template <typename T, int NV>
+inline void tile_reduce_chunk(const T* w, int nb, const T* C, int64_t ldc, int64_t q0, int dc, T* acc, int64_t lda) {
+  constexpr int W = LANES<T>;
+  Vec<T> a[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int k = 0; k < NV; ++k) a[r][k] = vload(acc + r * lda + dc + k * W);
+  const T* c = C + q0 * ldc + dc;
+  for (int q = 0; q < nb; ++q, c += ldc) {
+    Vec<T> cv[NV];
+    for (int k = 0; k < NV; ++k) cv[k] = vload(c + k * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const T s = w[r * JBT + q];
+      for (int k = 0; k < NV; ++k) a[r][k] += s * cv[k];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int k = 0; k < NV; ++k) vstore(acc + r * lda + dc + k * W, a[r][k]);
+}
+
+// acc[r][:] += Σ_q w[r][q] C[q0 + q][:] over the padded width Dp (a multiple of W).
+template <typename T>
+inline void tile_reduce(const T* w, int nb, const T* C, int64_t ldc, int64_t q0, int64_t Dp, T* acc) {
+  constexpr int W = LANES<T>;
+  int dc = 0;
+  for (; dc + 4 * W <= Dp; dc += 4 * W) tile_reduce_chunk<T, 4>(w, nb, C, ldc, q0, dc, acc, Dp);
+  switch ((Dp - dc) / W) {
+    case 3: tile_reduce_chunk<T, 3>(w, nb, C, ldc, q0, dc, acc, Dp); break;
+    case 2: tile_reduce_chunk<T, 2>(w, nb, C, ldc, q0, dc, acc, Dp); break;
+    case 1: tile_reduce_chunk<T, 1>(w, nb, C, ldc, q0, dc, acc, Dp); break;
+    default: break;
+  }
+}
+
+// r²[q] = |o|² + |c_q|² − 2 o·c_q from the dots, snapped to 0 below its round-off (as sqdist_block).
+template <typename T>
+inline void tile_r2(T* dr, T oo, const T* nn, int nb) {
+  const T tol = T(8) * std::numeric_limits<T>::epsilon();
+#pragma omp simd
+  for (int q = 0; q < nb; ++q) {
+    const T s = oo + nn[q];
+    const T v = s - T(2) * dr[q];
+    dr[q] = v <= tol * s ? T(0) : v;
+  }
+}
+
+// Loop over the outer points MR at a time; f(b, i0, mr) with mr the tile's real rows.
+template <typename F>
+void for_tiles(int64_t B, int64_t L, int64_t inner, int nt, F f) {
+  const int64_t tiles = (L + MR - 1) / MR;
+  parallel_chunks(B * tiles, 2, B * L * inner, nt, [&](int64_t t) {
+    const int64_t b = t / tiles, i0 = (t % tiles) * MR;
+    f(b, i0, static_cast<int>(std::min<int64_t>(MR, L - i0)));
+  });
+}
+
+// MR row pointers into a (L, stride) array from row i0, the last real row repeated.
+template <typename T>
+inline void row_ptrs(const T* base, int64_t stride, int64_t i0, int mr, const T** out) {
+  for (int r = 0; r < MR; ++r) out[r] = base + (i0 + std::min(r, mr - 1)) * stride;
+}
+
+// Buffers of one tile.
+template <typename T>
+struct TileBuf {
+  alignas(64) T d[MR * JBT], k0[MR * JBT], k1[MR * JBT], k2[MR * JBT], e[MR * JBT];
+};
+
+// The common front of every tiled pass: dots of the MR outer points with an inner block, turned
+// into r² and the kernel terms of order ORDER, row by row.
+template <typename T, int KIND, int ORDER>
+inline void tile_kernel(TileBuf<T>& t, const T* const* o, const T* oo, const Inner<T>& in, int D, int64_t q0, int nb,
+                        const T* inv, int K, const Spec& s) {
+  tile_dots(o, D, in.pts, in.L, q0, nb, t.d);
+  for (int r = 0; r < MR; ++r) {
+    tile_r2(t.d + r * JBT, oo[r], in.nrm + q0, nb);
+    radial_block<T, KIND, ORDER>(t.d + r * JBT, nb, inv, K, s, t.k0 + r * JBT, t.k1 + r * JBT, t.k2 + r * JBT);
+  }
+}
+
+template <typename T>
+inline void norms(const T* const* o, int D, T* oo) {
+  for (int r = 0; r < MR; ++r) oo[r] = sqnorm(o[r], D);
+}
+
+template <typename T, int KIND>
+void t_integral_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* vR, const T* inv,
+                    T* out) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
+    TileBuf<T> t;
+    const T* xr[MR];
+    T oo[MR];
+    row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    norms(xr, z.D, oo);
+    const Inner<T> in{yT + b * z.D * z.Mp, yn + b * z.M, z.Mp};
+    std::vector<T> acc(MR * z.Pp, T(0));
+    for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
+      const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
+      tile_kernel<T, KIND, 0>(t, xr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      if (vR) tile_reduce(t.k0, nb, vR + b * z.M * z.Pp, z.Pp, q0, z.Pp, acc.data());
+      else
+        for (int r = 0; r < MR; ++r) acc[r * z.Pp] += sum_block(t.k0 + r * JBT, nb);
+    }
+    for (int r = 0; r < mr; ++r)
+      for (int p = 0; p < z.P; ++p) out[(b * z.N + i0 + r) * z.P + p] = acc[r * z.Pp + p];
+  });
+}
+
+template <typename T, int KIND>
+void t_integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* yR, const T* vT,
+                      const T* g, const T* inv, T* gx) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
+    TileBuf<T> t;
+    const T *xr[MR], *gr[MR];
+    T oo[MR], wsum[MR] = {};
+    row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    row_ptrs(g + b * z.N * z.P, z.P, i0, mr, gr);
+    norms(xr, z.D, oo);
+    const Inner<T> in{yT + b * z.D * z.Mp, yn + b * z.M, z.Mp};
+    std::vector<T> acc(MR * z.Dp, T(0));
+    for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
+      const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
+      tile_kernel<T, KIND, 1>(t, xr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      if (vT) tile_dots(gr, z.P, vT + b * z.P * z.Mp, z.Mp, q0, nb, t.e);  // g_i · v_j
+      for (int r = 0; r < MR; ++r) {
+        T* w = t.k1 + r * JBT;
+        const T* sv = t.e + r * JBT;
+        const T g0 = gr[r][0];
+#pragma omp simd
+        for (int q = 0; q < nb; ++q) w[q] *= T(2) * (vT ? sv[q] : g0);
+        wsum[r] += sum_block(w, nb);
+      }
+      tile_reduce(t.k1, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
+    }
+    for (int r = 0; r < mr; ++r)
+      for (int d = 0; d < z.D; ++d) gx[(b * z.N + i0 + r) * z.D + d] = xr[r][d] * wsum[r] - acc[r * z.Dp + d];
+  });
+}
+
+template <typename T, int KIND, int ORDER>
+void t_integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, const T* xn, const T* xR, const T* v,
+                      const T* gT, const T* gR, const T* inv, T* gy, T* gv) {
+  for_tiles(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j0, int mr) {
+    TileBuf<T> t;
+    const T* yr[MR];
+    const T* vr[MR];
+    T oo[MR], wsum[MR] = {};
+    row_ptrs(y + b * z.M * z.D, z.D, j0, mr, yr);
+    if (v) row_ptrs(v + b * z.M * z.P, z.P, j0, mr, vr);
+    norms(yr, z.D, oo);
+    const Inner<T> in{xT + b * z.D * z.Np, xn + b * z.N, z.Np};
+    std::vector<T> ay(gy ? MR * z.Dp : 0, T(0)), av(gv ? MR * z.Pp : 0, T(0));
+    for (int64_t q0 = 0; q0 < z.N; q0 += JBT) {
+      const int nb = static_cast<int>(std::min<int64_t>(JBT, z.N - q0));
+      tile_kernel<T, KIND, ORDER>(t, yr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      if (gv) tile_reduce(t.k0, nb, gR + b * z.N * z.Pp, z.Pp, q0, z.Pp, av.data());
+      if constexpr (ORDER >= 1) {
+        if (gy) {
+          if (v) tile_dots(vr, z.P, gT + b * z.P * z.Np, z.Np, q0, nb, t.e);  // v_j · g_i
+          const T* g0 = gT + b * z.P * z.Np + q0;
+          for (int r = 0; r < MR; ++r) {
+            T* w = t.k1 + r * JBT;
+            const T* sv = v ? t.e + r * JBT : g0;
+#pragma omp simd
+            for (int q = 0; q < nb; ++q) w[q] *= T(2) * sv[q];
+            wsum[r] += sum_block(w, nb);
+          }
+          tile_reduce(t.k1, nb, xR + b * z.N * z.Dp, z.Dp, q0, z.Dp, ay.data());
+        }
+      }
+    }
+    for (int r = 0; r < mr; ++r) {
+      const int64_t j = b * z.M + j0 + r;
+      if (gy)
+        for (int d = 0; d < z.D; ++d) gy[j * z.D + d] = yr[r][d] * wsum[r] - ay[r * z.Dp + d];
+      if (gv)
+        for (int p = 0; p < z.P; ++p) gv[j * z.P + p] = av[r * z.Pp + p];
+    }
+  });
+}
+
+template <typename T, int KIND>
+void t_grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* yR, const T* a,
+                    const T* inv, T* out) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
+    TileBuf<T> t;
+    const T* xr[MR];
+    T oo[MR], wsum[MR] = {};
+    row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    norms(xr, z.D, oo);
+    const Inner<T> in{yT + b * z.D * z.Mp, yn + b * z.M, z.Mp};
+    const T* ab = a ? a + b * z.M : nullptr;
+    std::vector<T> acc(MR * z.Dp, T(0));
+    for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
+      const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
+      tile_kernel<T, KIND, 1>(t, xr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      for (int r = 0; r < MR; ++r) {
+        T* w = t.k1 + r * JBT;
+        if (ab) {
+          const T* aq = ab + q0;
+#pragma omp simd
+          for (int q = 0; q < nb; ++q) w[q] *= T(2) * aq[q];
+        } else {
+#pragma omp simd
+          for (int q = 0; q < nb; ++q) w[q] *= T(2);
+        }
+        wsum[r] += sum_block(w, nb);
+      }
+      tile_reduce(t.k1, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
+    }
+    for (int r = 0; r < mr; ++r)
+      for (int d = 0; d < z.D; ++d) out[(b * z.N + i0 + r) * z.D + d] = xr[r][d] * wsum[r] - acc[r * z.Dp + d];
+  });
+}
+
+template <typename T, int KIND>
+void t_grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, const T* yn, const T* yR, const T* a,
+                      const T* g, const T* inv, T* gx) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
+    TileBuf<T> t;
+    const T *xr[MR], *gr[MR];
+    T oo[MR], xg[MR], asum[MR] = {}, csum[MR] = {};
+    row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    row_ptrs(g + b * z.N * z.D, z.D, i0, mr, gr);
+    norms(xr, z.D, oo);
+    for (int r = 0; r < MR; ++r) {
+      xg[r] = T(0);
+      for (int d = 0; d < z.D; ++d) xg[r] += xr[r][d] * gr[r][d];
+    }
+    const Inner<T> in{yT + b * z.D * z.Mp, yn + b * z.M, z.Mp};
+    const T* ab = a ? a + b * z.M : nullptr;
+    std::vector<T> acc(MR * z.Dp, T(0));
+    for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
+      const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
+      tile_kernel<T, KIND, 2>(t, xr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      tile_dots(gr, z.D, in.pts, in.L, q0, nb, t.e);  // g_i · y_j
+      for (int r = 0; r < MR; ++r) {
+        T* A = t.k1 + r * JBT;
+        T* C = t.k2 + r * JBT;
+        const T* dg = t.e + r * JBT;
+        const T* aq = ab ? ab + q0 : nullptr;
+        const T xgr = xg[r];
+#pragma omp simd
+        for (int q = 0; q < nb; ++q) {
+          const T aj = aq ? aq[q] : T(1);
+          A[q] = T(2) * A[q] * aj;
+          C[q] = T(4) * C[q] * aj * (xgr - dg[q]);
+        }
+        asum[r] += sum_block(A, nb);
+        csum[r] += sum_block(C, nb);
+      }
+      tile_reduce(t.k2, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
+    }
+    for (int r = 0; r < mr; ++r)
+      for (int d = 0; d < z.D; ++d)
+        gx[(b * z.N + i0 + r) * z.D + d] = gr[r][d] * asum[r] + xr[r][d] * csum[r] - acc[r * z.Dp + d];
+  });
+}
+
+template <typename T, int KIND, int ORDER>
+void t_grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, const T* xn, const T* xR, const T* a,
+                      const T* gT, const T* gR, const T* xgv, const T* inv, T* gy, T* ga) {
+  for_tiles(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j0, int mr) {
+    TileBuf<T> t;
+    const T* yr[MR];
+    T oo[MR], aj[MR], csum[MR] = {}, gasum[MR] = {};
+    row_ptrs(y + b * z.M * z.D, z.D, j0, mr, yr);
+    norms(yr, z.D, oo);
+    for (int r = 0; r < MR; ++r) aj[r] = a ? a[b * z.M + j0 + std::min(r, mr - 1)] : T(1);
+    const Inner<T> in{xT + b * z.D * z.Np, xn + b * z.N, z.Np};
+    const T* xg = xgv + b * z.N;
+    std::vector<T> cx(gy ? MR * z.Dp : 0, T(0)), ag(gy ? MR * z.Dp : 0, T(0));
+    for (int64_t q0 = 0; q0 < z.N; q0 += JBT) {
+      const int nb = static_cast<int>(std::min<int64_t>(JBT, z.N - q0));
+      tile_kernel<T, KIND, ORDER>(t, yr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      tile_dots(yr, z.D, gT + b * z.D * z.Np, z.Np, q0, nb, t.e);  // y_j · g_i
+      const T* xgq = xg + q0;
+      for (int r = 0; r < MR; ++r) {
+        T* k1 = t.k1 + r * JBT;
+        T* k2 = t.k2 + r * JBT;
+        T* dg = t.e + r * JBT;
+        gasum[r] += dg_and_ga(xgq, dg, k1, nb, ga != nullptr);
+        if constexpr (ORDER >= 2) {
+          if (gy) {
+            const T ar = aj[r];
+#pragma omp simd
+            for (int q = 0; q < nb; ++q) k2[q] = T(4) * k2[q] * ar * dg[q];
+            csum[r] += sum_block(k2, nb);
+          }
+        }
+      }
+      if constexpr (ORDER >= 2) {
+        if (gy) {
+          tile_reduce(t.k2, nb, xR + b * z.N * z.Dp, z.Dp, q0, z.Dp, cx.data());
+          tile_reduce(t.k1, nb, gR + b * z.N * z.Dp, z.Dp, q0, z.Dp, ag.data());
+        }
+      }
+    }
+    for (int r = 0; r < mr; ++r) {
+      const int64_t j = b * z.M + j0 + r;
+      if (gy)
+        for (int d = 0; d < z.D; ++d)
+          gy[j * z.D + d] = yr[r][d] * csum[r] - cx[r * z.Dp + d] - aj[r] * ag[r * z.Dp + d];
+      if (ga) ga[j] = gasum[r];
+    }
+  });
+}
+
+// Flash-form logits (o·c − |c|²/2)/σ² of a tile (the row's own |o|²/2 is dropped, as the reference).
+template <typename T>
+inline void tile_flash(T* l, const T* nn, T ib, int nb) {
+#pragma omp simd
+  for (int q = 0; q < nb; ++q) l[q] = (l[q] - T(0.5) * nn[q]) * ib;
+}
+
+template <typename T>
+void t_softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T* yR, const T* inv, T* mu, T* lse) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
+    TileBuf<T> t;
+    const T* xr[MR];
+    row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    const T ib = inv[b * z.inv_bs];
+    const T* nn = yn + b * z.M;
+    T m[MR], tot[MR] = {};
+    for (int r = 0; r < MR; ++r) m[r] = -std::numeric_limits<T>::infinity();
+    std::vector<T> acc(MR * z.Dp, T(0));
+    for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
+      const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
+      tile_dots(xr, z.D, yT + b * z.D * z.Mp, z.Mp, q0, nb, t.d);
+      for (int r = 0; r < MR; ++r) {
+        T* l = t.d + r * JBT;
+        tile_flash(l, nn + q0, ib, nb);
+        T bm = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : bm)
+        for (int q = 0; q < nb; ++q) bm = std::max(bm, l[q]);
+        const T mn = std::max(m[r], bm);
+        const T scale = std::exp(m[r] - mn);
+#pragma omp simd
+        for (int q = 0; q < nb; ++q) l[q] = fexp(l[q] - mn);
+        tot[r] = tot[r] * scale + sum_block(l, nb);
+        for (int64_t d = 0; d < z.Dp; ++d) acc[r * z.Dp + d] *= scale;
+        m[r] = mn;
+      }
+      tile_reduce(t.d, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
+    }
+    for (int r = 0; r < mr; ++r) {
+      const int64_t i = b * z.N + i0 + r;
+      for (int d = 0; d < z.D; ++d) mu[i * z.D + d] = acc[r * z.Dp + d] / tot[r];
+      lse[i] = m[r] + std::log(tot[r]);
+    }
+  });
+}
+
+template <typename T>
+void t_softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T* yR, const T* inv, const T* lse,
+                     const T* gmu, const T* g, T* gx) {
+  for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
+    TileBuf<T> t;
+    const T *xr[MR], *gr[MR];
+    row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    row_ptrs(g + b * z.N * z.D, z.D, i0, mr, gr);
+    const T ib = inv[b * z.inv_bs];
+    const T* nn = yn + b * z.M;
+    std::vector<T> acc(MR * z.Dp, T(0));
+    for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
+      const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
+      tile_dots(xr, z.D, yT + b * z.D * z.Mp, z.Mp, q0, nb, t.d);
+      tile_dots(gr, z.D, yT + b * z.D * z.Mp, z.Mp, q0, nb, t.e);  // g_i · y_j
+      for (int r = 0; r < MR; ++r) {
+        T* l = t.d + r * JBT;
+        const T* gyq = t.e + r * JBT;
+        const int64_t i = b * z.N + i0 + std::min(r, mr - 1);
+        const T li = lse[i], gm = gmu[i];
+        tile_flash(l, nn + q0, ib, nb);
+#pragma omp simd
+        for (int q = 0; q < nb; ++q) l[q] = fexp(l[q] - li) * (gyq[q] - gm);
+      }
+      tile_reduce(t.d, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
+    }
+    for (int r = 0; r < mr; ++r)
+      for (int d = 0; d < z.D; ++d) gx[(b * z.N + i0 + r) * z.D + d] = acc[r * z.Dp + d] * ib;
+  });
+}
+
+template <typename T>
+void t_softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const T* xR, const T* inv, const T* lse,
+                     const T* gmu, const T* gT, const T* gR, T* gyo) {
+  for_tiles(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j0, int mr) {
+    TileBuf<T> t;
+    const T* yr[MR];
+    row_ptrs(y + b * z.M * z.D, z.D, j0, mr, yr);
+    const T ib = inv[b * z.inv_bs];
+    const T* lb = lse + b * z.N;
+    const T* gmb = gmu + b * z.N;
+    T csum[MR] = {};
+    std::vector<T> pg(MR * z.Dp, T(0)), cx(MR * z.Dp, T(0));
+    for (int64_t q0 = 0; q0 < z.N; q0 += JBT) {
+      const int nb = static_cast<int>(std::min<int64_t>(JBT, z.N - q0));
+      tile_dots(yr, z.D, xT + b * z.D * z.Np, z.Np, q0, nb, t.d);
+      tile_dots(yr, z.D, gT + b * z.D * z.Np, z.Np, q0, nb, t.e);  // y_j · g_i
+      for (int r = 0; r < MR; ++r) {
+        T* l = t.d + r * JBT;
+        T* c = t.e + r * JBT;
+        const T ynj = yn[b * z.M + j0 + std::min(r, mr - 1)];
+        const T* lq = lb + q0;
+        const T* gq = gmb + q0;
+#pragma omp simd
+        for (int q = 0; q < nb; ++q) {
+          const T p = fexp((l[q] - T(0.5) * ynj) * ib - lq[q]);
+          l[q] = p;
+          c[q] = p * (c[q] - gq[q]);
+        }
+        csum[r] += sum_block(c, nb);
+      }
+      tile_reduce(t.d, nb, gR + b * z.N * z.Dp, z.Dp, q0, z.Dp, pg.data());
+      tile_reduce(t.e, nb, xR + b * z.N * z.Dp, z.Dp, q0, z.Dp, cx.data());
+    }
+    for (int r = 0; r < mr; ++r)
+      for (int d = 0; d < z.D; ++d)
+        gyo[(b * z.M + j0 + r) * z.D + d] = pg[r * z.Dp + d] - (yr[r][d] * csum[r] - cx[r * z.Dp + d]) * ib;
+  });
+}
+
+}  // namespace gpflow_cpu
