@@ -2,11 +2,11 @@
 primitive contract of gpflow_kernels.reference.
 
 Each primitive centres x and y on the mean of y (as the reference), lays out the "inner" point set
-of each pass transposed, (B, D, L), and calls one loop over the outer points on
+of each pass transposed, (B, D, L padded), and calls one loop over the outer points on
 ``torch.get_num_threads()`` threads of torch's own OpenMP pool (the extension's libgomp.so.1 is the
-copy torch loaded, which is why torch is imported first). Backward passes are a row pass (x gradients) and a column pass
-(y and weight gradients), each recomputing the kernel values instead of storing an N×M array, so
-extra memory stays O(N + M). The log-sum-exp of the soft assignment is in the reference's
+copy torch loaded, which is why torch is imported first). Backward passes are a row pass (x
+gradients) and a column pass (y and weight gradients), each recomputing the kernel values instead
+of storing an N×M array, so extra memory stays O(N + M). The log-sum-exp of the soft assignment is in the reference's
 convention (exact logits for D <= 8, the flash form above), so ``lse_offset`` is the reference's.
 """
 
