@@ -91,6 +91,7 @@ def test_float32_public_ops_against_float64_oracles(D, threads):
         s = 0.8 * math.sqrt(D)
         cases = [
             lambda a, b, be: gk.mmd_field(a, b, bandwidth=s, weights=w.to(a.dtype), backend=be),
+            lambda a, b, be: gk.mmd_field(a, b, kernel="energy", x_ref=b[:, :20] * 0.5, backend=be),
             lambda a, b, be: gk.kernel_integral(a, b, v.to(a.dtype), kernel="laplace", bandwidth=[s, 2 * s], backend=be),
             lambda a, b, be: gk.kde_score(a, b, bandwidth=s, backend=be),
             lambda a, b, be: gk.svgd_field(a, a * 0.5, kernel="imq", backend=be),
