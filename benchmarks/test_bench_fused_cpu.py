@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gpflow_kernels import _cpu
-from fused_cpu_cases import OPS, SIZES, inputs, make
+from fused_cpu_cases import OPS, SIZES, make
 
 pytestmark = pytest.mark.skipif(not _cpu.available(), reason="the CPU extension is not built")
 
