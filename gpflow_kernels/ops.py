@@ -10,6 +10,7 @@ not themselves differentiable (double backward raises).
 from __future__ import annotations
 
 import os
+import warnings
 from types import ModuleType
 from typing import Optional, Sequence, Union
 
@@ -70,13 +71,31 @@ def _cuda_impl(x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
     return _cuda
 
 
+_NOTICED = []
+
+
+def _notice_no_cpu_ext(err) -> None:
+    """One warning per process when CPU ops fall back to the tiled path for want of the extension."""
+    if not _NOTICED:
+        _NOTICED.append(True)
+        warnings.warn(
+            f"gpflow_kernels: the fused CPU kernels are not built ({err}); CPU ops use the tiled torch path, "
+            "several times slower. Reinstall where a C++ compiler with OpenMP is found.",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+
 def _cpu_impl(backend: str, x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
     """The fused CPU kernels (csrc/gpflow_cpu.cpp) for "cpu", and for "auto" on CPU tensors where
     they are built and the kernel is a built-in one; the tiled torch reference otherwise."""
     from . import _cpu
 
     if backend == "auto":
-        return _cpu if (_cpu.available() and (kernel is None or _fusable(kernel))) else reference
+        if not _cpu.available():
+            _notice_no_cpu_ext(_cpu.IMPORT_ERROR)
+            return reference
+        return _cpu if (kernel is None or _fusable(kernel)) else reference
     if not _cpu.available():
         raise ValueError(
             "backend='cpu' is not available: the extension gpflow_kernels._cpu_ext was not built "

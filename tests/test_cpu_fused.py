@@ -164,7 +164,14 @@ def test_backend_cpu_errors_name_the_problem(monkeypatch):
     monkeypatch.setattr(_cpu, "_cpu_ext", None)
     with pytest.raises(ValueError, match="backend='cpu' is not available"):
         gk.mmd_field(x, x, backend="cpu")
-    assert ops._impl("auto", x) is reference  # without the extension the CPU default is the tiled path
+    monkeypatch.setattr(ops, "_NOTICED", [])
+    with pytest.warns(RuntimeWarning, match="fused CPU kernels are not built"):  # once per process
+        assert ops._impl("auto", x) is reference  # without the extension the CPU default is the tiled path
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ops._impl("auto", x) is reference
 
 
 def test_the_kernels_share_torchs_openmp_runtime_and_run_in_a_forked_one_thread_child():
