@@ -203,6 +203,16 @@ void softmax_row_fixed(const T* xi, const Inner<T>& in, int64_t M, T ib, T* acc,
   }
 }
 
+// x·w − a with the product rounded before the subtraction (no FMA contraction). The outputs are
+// x_i Σ_j W_ij − Σ_j W_ij y_j; when y_j is x_i itself (a particle's own term, with a huge weight
+// next to tiny ones), x_i·W_ii and the W_ii y_j inside a are the same rounded number and cancel
+// exactly, as in the reference. A fused multiply-add would leave a's rounding error instead
+// (found by tests/test_fuzz_ops.py: points 100 apart at σ = 0.05 in float32).
+template <typename T>
+__attribute__((noinline, optimize("fp-contract=off"))) T mul_sub(T x, T w, T a) {
+  return x * w - a;
+}
+
 template <typename T>
 inline T sqnorm(const T* o, int D) {
   T s = T(0);
@@ -399,7 +409,7 @@ void integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
       wsum += wsum_all(w, in, z.D, q0, nb, a);
     }
     T* o = gx + (b * z.N + i) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = xi[d] * wsum - a[d];
+    for (int d = 0; d < z.D; ++d) o[d] = mul_sub(xi[d], wsum, a[d]);
   });
 }
 
@@ -451,7 +461,7 @@ void integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
     }
     if (gy) {
       T* o = gy + (b * z.M + j) * z.D;
-      for (int d = 0; d < z.D; ++d) o[d] = yj[d] * wsum - ay[d];
+      for (int d = 0; d < z.D; ++d) o[d] = mul_sub(yj[d], wsum, ay[d]);
     }
     if (gv) {
       T* o = gv + (b * z.M + j) * z.P;
@@ -486,7 +496,7 @@ void grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
       wsum += wsum_all(k1, in, z.D, q0, nb, acc.data());
     }
     T* o = out + (b * z.N + i) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = xi[d] * wsum - acc[d];
+    for (int d = 0; d < z.D; ++d) o[d] = mul_sub(xi[d], wsum, acc[d]);
   });
 }
 
@@ -521,7 +531,7 @@ void grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
       csum += wsum_all(k2, in, z.D, q0, nb, acc.data());
     }
     T* o = gx + (b * z.N + i) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = gi[d] * asum + xi[d] * csum - acc[d];
+    for (int d = 0; d < z.D; ++d) o[d] = gi[d] * asum + mul_sub(xi[d], csum, acc[d]);
   });
 }
 
@@ -557,7 +567,7 @@ void grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
     }
     if (gy) {
       T* o = gy + (b * z.M + j) * z.D;
-      for (int d = 0; d < z.D; ++d) o[d] = yj[d] * csum - cx[d] - aj * ag[d];
+      for (int d = 0; d < z.D; ++d) o[d] = mul_sub(yj[d], csum, cx[d]) - aj * ag[d];
     }
     if (ga) ga[b * z.M + j] = gasum;
   });
@@ -677,7 +687,7 @@ void softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const T
       wsum_coords(c, in, z.D, q0, nb, cx);
     }
     T* o = gyo + (b * z.M + j) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = pg[d] - (yj[d] * csum - cx[d]) * ib;
+    for (int d = 0; d < z.D; ++d) o[d] = pg[d] - mul_sub(yj[d], csum, cx[d]) * ib;
   });
 }
 

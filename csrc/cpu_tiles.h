@@ -210,7 +210,7 @@ void t_integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, co
       tile_reduce(t.k1, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
     }
     for (int r = 0; r < mr; ++r)
-      for (int d = 0; d < z.D; ++d) gx[(b * z.N + i0 + r) * z.D + d] = xr[r][d] * wsum[r] - acc[r * z.Dp + d];
+      for (int d = 0; d < z.D; ++d) gx[(b * z.N + i0 + r) * z.D + d] = mul_sub(xr[r][d], wsum[r], acc[r * z.Dp + d]);
   });
 }
 
@@ -249,7 +249,7 @@ void t_integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
     for (int r = 0; r < mr; ++r) {
       const int64_t j = b * z.M + j0 + r;
       if (gy)
-        for (int d = 0; d < z.D; ++d) gy[j * z.D + d] = yr[r][d] * wsum[r] - ay[r * z.Dp + d];
+        for (int d = 0; d < z.D; ++d) gy[j * z.D + d] = mul_sub(yr[r][d], wsum[r], ay[r * z.Dp + d]);
       if (gv)
         for (int p = 0; p < z.P; ++p) gv[j * z.P + p] = av[r * z.Pp + p];
     }
@@ -286,7 +286,7 @@ void t_grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
       tile_reduce(t.k1, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
     }
     for (int r = 0; r < mr; ++r)
-      for (int d = 0; d < z.D; ++d) out[(b * z.N + i0 + r) * z.D + d] = xr[r][d] * wsum[r] - acc[r * z.Dp + d];
+      for (int d = 0; d < z.D; ++d) out[(b * z.N + i0 + r) * z.D + d] = mul_sub(xr[r][d], wsum[r], acc[r * z.Dp + d]);
   });
 }
 
@@ -330,7 +330,7 @@ void t_grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, co
     }
     for (int r = 0; r < mr; ++r)
       for (int d = 0; d < z.D; ++d)
-        gx[(b * z.N + i0 + r) * z.D + d] = gr[r][d] * asum[r] + xr[r][d] * csum[r] - acc[r * z.Dp + d];
+        gx[(b * z.N + i0 + r) * z.D + d] = gr[r][d] * asum[r] + mul_sub(xr[r][d], csum[r], acc[r * z.Dp + d]);
   });
 }
 
@@ -377,7 +377,7 @@ void t_grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
       const int64_t j = b * z.M + j0 + r;
       if (gy)
         for (int d = 0; d < z.D; ++d)
-          gy[j * z.D + d] = yr[r][d] * csum[r] - cx[r * z.Dp + d] - aj[r] * ag[r * z.Dp + d];
+          gy[j * z.D + d] = mul_sub(yr[r][d], csum[r], cx[r * z.Dp + d]) - aj[r] * ag[r * z.Dp + d];
       if (ga) ga[j] = gasum[r];
     }
   });
@@ -494,7 +494,7 @@ void t_softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const
     }
     for (int r = 0; r < mr; ++r)
       for (int d = 0; d < z.D; ++d)
-        gyo[(b * z.M + j0 + r) * z.D + d] = pg[r * z.Dp + d] - (yr[r][d] * csum[r] - cx[r * z.Dp + d]) * ib;
+        gyo[(b * z.M + j0 + r) * z.D + d] = pg[r * z.Dp + d] - mul_sub(yr[r][d], csum[r], cx[r * z.Dp + d]) * ib;
   });
 }
 

@@ -223,3 +223,18 @@ def test_every_benchmark_case_computes_its_op():
                 want = make(op, "tiled", 50, d, backward)()
                 got = make(op, "fused", 50, d, backward)()
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_a_particles_own_term_cancels_exactly_as_in_the_reference():
+    """Points 100 apart at σ = 0.055: the repulsion's self terms (weight −1/σ² next to e^−80-sized
+    ones) must cancel exactly, leaving the tiny field, as the reference's rounded products do; a
+    fused multiply-add in the final x·ΣW − ΣW·y left 3e-4 (found by tests/test_fuzz_ops.py)."""
+    g = torch.Generator().manual_seed(0)
+    x = 100 * torch.randn(2, 1, generator=g, dtype=torch.float64)
+    y = 100 * torch.randn(1, 1, generator=g, dtype=torch.float64)
+    for dt in (torch.float32, torch.float64):
+        for D in (1, 9):  # the row and the tiled path
+            a, b = x.to(dt).repeat(1, D), y.to(dt).repeat(1, D)
+            got = gk.mmd_field(a, b, bandwidth=0.0546875 * math.sqrt(D), backend="cpu")
+            want = gk.mmd_field(a, b, bandwidth=0.0546875 * math.sqrt(D), backend="torch")
+            assert float(got.abs().max()) < 1e-25 and float(want.abs().max()) < 1e-25
