@@ -118,26 +118,33 @@ inline void wsum_coords(const T* w, const Inner<T>& in, int D, int64_t q0, int n
   }
 }
 
-// Σ_q w[q], and acc[d] += Σ_q w[q] inner_d[q]: one pass for D <= 4, else D + 1 passes.
-template <typename T, int DC>
-inline T wsum_fixed(const T* w, const T* c, int64_t ld, int nb, T* acc) {
+// Σ_q w(q), and acc[d] += Σ_q w(q) inner_d[q], in one vectorised pass for a compile-time D <= 4;
+// w is a weight array's element or a computed weight (expsum_fixed's exponentials).
+template <typename T, int DC, typename W>
+inline __attribute__((always_inline)) T weighted_sums(W w, const T* c, int64_t ld, int nb, T* acc) {
   T s = T(0), a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
   const T* c1 = c + (DC > 1 ? ld : 0);
   const T* c2 = c + (DC > 2 ? 2 * ld : 0);
   const T* c3 = c + (DC > 3 ? 3 * ld : 0);
 #pragma omp simd reduction(+ : s, a0, a1, a2, a3)
   for (int q = 0; q < nb; ++q) {
-    s += w[q];
-    a0 += w[q] * c[q];
-    if constexpr (DC > 1) a1 += w[q] * c1[q];
-    if constexpr (DC > 2) a2 += w[q] * c2[q];
-    if constexpr (DC > 3) a3 += w[q] * c3[q];
+    const T wq = w(q);
+    s += wq;
+    a0 += wq * c[q];
+    if constexpr (DC > 1) a1 += wq * c1[q];
+    if constexpr (DC > 2) a2 += wq * c2[q];
+    if constexpr (DC > 3) a3 += wq * c3[q];
   }
   acc[0] += a0;
   if constexpr (DC > 1) acc[1] += a1;
   if constexpr (DC > 2) acc[2] += a2;
   if constexpr (DC > 3) acc[3] += a3;
   return s;
+}
+
+template <typename T, int DC>
+inline T wsum_fixed(const T* w, const T* c, int64_t ld, int nb, T* acc) {
+  return weighted_sums<T, DC>([w](int q) { return w[q]; }, c, ld, nb, acc);
 }
 
 template <typename T>
@@ -169,24 +176,7 @@ inline T logits_fixed(const T* o, const T* c, int64_t ld, int nb, T scale, T* l)
 
 template <typename T, int DC>
 inline T expsum_fixed(const T* l, T m, const T* c, int64_t ld, int nb, T* acc) {
-  T s = T(0), a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
-  const T* c1 = c + (DC > 1 ? ld : 0);
-  const T* c2 = c + (DC > 2 ? 2 * ld : 0);
-  const T* c3 = c + (DC > 3 ? 3 * ld : 0);
-#pragma omp simd reduction(+ : s, a0, a1, a2, a3)
-  for (int q = 0; q < nb; ++q) {
-    const T p = fexp(l[q] - m);
-    s += p;
-    a0 += p * c[q];
-    if constexpr (DC > 1) a1 += p * c1[q];
-    if constexpr (DC > 2) a2 += p * c2[q];
-    if constexpr (DC > 3) a3 += p * c3[q];
-  }
-  acc[0] += a0;
-  if constexpr (DC > 1) acc[1] += a1;
-  if constexpr (DC > 2) acc[2] += a2;
-  if constexpr (DC > 3) acc[3] += a3;
-  return s;
+  return weighted_sums<T, DC>([l, m](int q) { return fexp(l[q] - m); }, c, ld, nb, acc);
 }
 
 template <typename T, int DC>

@@ -42,11 +42,6 @@ def _dtype(t) -> int:
     return 1 if t.dtype == torch.float64 else 0
 
 
-def _center(x, y):
-    c = y.mean(dim=1, keepdim=True)
-    return (x - c).contiguous(), (y - c).contiguous(), c
-
-
 #: Column padding of the transposed arrays and row padding of the row-major copies; equal to
 #: PADQ / PADD in csrc/gpflow_cpu.cpp (whole vectors can then always be loaded).
 PADQ, PADD = 32, 16
@@ -84,6 +79,14 @@ def _kernel_args(kernel, s2):
     return inv, (inv.shape[1], inv_bs, kind, pc, ph, peps2)
 
 
+def _pairs(kernel, x, y, s2):
+    """The pair primitives' common start: centred x, y, the sizes (B, N, M, D) and the kernel's
+    arguments for the extension (inverse bandwidths and the trailing K, inv_bs, kind, pc, ph, pe)."""
+    x, y, _ = reference.centred(x, y)
+    inv, args = _kernel_args(kernel, s2)
+    return x, y, (x.shape[0], x.shape[1], y.shape[1], x.shape[2]), inv, args
+
+
 def _empty(*ts) -> bool:
     return any(t is not None and t.numel() == 0 for t in ts)
 
@@ -99,11 +102,8 @@ def _zero_grads(ts, needs):
 def integral(kernel, x, y, v, s2):
     if _empty(x, y):  # no pairs: nothing to sum (a rank's empty shard)
         return x.new_zeros(x.shape[0], x.shape[1], 1 if v is None else v.shape[-1])
-    x, y, _ = _center(x, y)
-    B, N, D = x.shape
-    M = y.shape[1]
+    x, y, (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
     P = 1 if v is None else v.shape[-1]
-    inv, (K, inv_bs, kind, pc, ph, pe) = _kernel_args(kernel, s2)
     tiled = _tiled(x)
     yT, yn = _T(y), _norms(y)
     vT = None if v is None or tiled else _T(v)
@@ -119,11 +119,8 @@ def integral_backward(kernel, x, y, v, s2, g, needs):
         return _zero_grads((x, y, v), needs)
     need_x, need_y, need_v = needs
     need_v = need_v and v is not None
-    x, y, _ = _center(x, y)
-    B, N, D = x.shape
-    M = y.shape[1]
+    x, y, (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
     P = 1 if v is None else v.shape[-1]
-    inv, (K, inv_bs, kind, pc, ph, pe) = _kernel_args(kernel, s2)
     g = g.contiguous()
     nt = torch.get_num_threads()
     gx = gy = gv = None
@@ -153,10 +150,7 @@ def integral_backward(kernel, x, y, v, s2, g, needs):
 def grad_sum(kernel, x, y, a, s2):
     if _empty(x, y):
         return torch.zeros_like(x)
-    x, y, _ = _center(x, y)
-    B, N, D = x.shape
-    M = y.shape[1]
-    inv, (K, inv_bs, kind, pc, ph, pe) = _kernel_args(kernel, s2)
+    x, y, (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
     yT, yn, yR = _T(y), _norms(y), _R(y) if _tiled(x) else None
     a = None if a is None else a.contiguous()
     out = torch.empty_like(x)
@@ -170,10 +164,7 @@ def grad_sum_backward(kernel, x, y, a, s2, g, needs):
         return _zero_grads((x, y, a), needs)
     need_x, need_y, need_a = needs
     need_a = need_a and a is not None
-    x, y, _ = _center(x, y)
-    B, N, D = x.shape
-    M = y.shape[1]
-    inv, (K, inv_bs, kind, pc, ph, pe) = _kernel_args(kernel, s2)
+    x, y, (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
     g = g.contiguous()
     a = None if a is None else a.contiguous()
     nt = torch.get_num_threads()
@@ -208,7 +199,7 @@ def _inv1(s2):
 def softmax_mean(x, y, s2):
     if _empty(x, y):
         return reference.softmax_mean(x, y, s2)
-    xc, yc, shift = _center(x, y)
+    xc, yc, shift = reference.centred(x, y)
     B, N, D = xc.shape
     M = yc.shape[1]
     inv, inv_bs = _inv1(s2)
@@ -224,7 +215,7 @@ def softmax_mean_backward(x, y, s2, lse, mu, g, needs):
     if _empty(x, y):
         return reference.softmax_mean_backward(x, y, s2, lse, mu, g, needs)
     need_x, need_y = needs
-    xc, yc, shift = _center(x, y)
+    xc, yc, shift = reference.centred(x, y)
     B, N, D = xc.shape
     M = yc.shape[1]
     inv, inv_bs = _inv1(s2)

@@ -39,13 +39,8 @@ def _launch_args(kernel, x, s2):
     return inv, inv_bs, kind, pc, ph, peps2, dtype, stream
 
 
-def _center(x, y):
-    c = y.mean(dim=1, keepdim=True)
-    return (x - c).contiguous(), (y - c).contiguous(), c
-
-
 def integral(kernel, x, y, v, s2):
-    x, y, _ = _center(x, y)
+    x, y, _ = reference.centred(x, y)
     B, N, D = x.shape
     M = y.shape[1]
     P = 1 if v is None else v.shape[-1]
@@ -58,7 +53,7 @@ def integral(kernel, x, y, v, s2):
 
 
 def grad_sum(kernel, x, y, a, s2):
-    x, y, _ = _center(x, y)
+    x, y, _ = reference.centred(x, y)
     B, N, D = x.shape
     M = y.shape[1]
     inv, inv_bs, kind, pc, ph, peps2, dtype, stream = _launch_args(kernel, x, s2)
@@ -70,7 +65,7 @@ def grad_sum(kernel, x, y, a, s2):
 
 
 def softmax_mean(x, y, s2):
-    xc, yc, shift = _center(x, y)
+    xc, yc, shift = reference.centred(x, y)
     B, N, D = xc.shape
     M = yc.shape[1]
     inv = (1.0 / s2).reshape(-1).contiguous()

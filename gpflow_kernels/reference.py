@@ -58,6 +58,13 @@ def _center(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
     return x - c, y - c
 
 
+def centred(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(x − c, y − c, c) with c the mean of y, both contiguous: the inputs the compiled backends
+    (``_cpu``, ``_cuda``) take, centred as this module centres its own."""
+    c = y.mean(dim=1, keepdim=True)
+    return (x - c).contiguous(), (y - c).contiguous(), c
+
+
 class _Geometry:
     """Per-call geometry: decides exact vs. matmul distances, caches squared norms."""
 
