@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
@@ -18,6 +18,10 @@ class Dataset:
     ``train_labels``/``test_labels`` are the digit classes, None for 2-D sets. ``levels``: the number
     of equally spaced values a pixel takes in [−1, 1] (17 for the digits' 0..16), used to dequantise
     for bits/dim; None for continuous data.
+
+    ``stream``: for data read as it is drawn (``stream.py``), the :class:`~.stream.Stream` of every
+    training row; ``train`` then holds only a random subset of them in memory. None when the whole
+    training set is in ``train``.
     """
 
     name: str
@@ -27,6 +31,7 @@ class Dataset:
     train_labels: Optional[Tensor] = None
     test_labels: Optional[Tensor] = None
     levels: Optional[int] = None
+    stream: Optional[Any] = None
 
     @property
     def is_image(self) -> bool:
@@ -39,4 +44,4 @@ class Dataset:
     def to(self, device) -> "Dataset":
         move = lambda t: None if t is None else t.to(device)
         return Dataset(self.name, move(self.train), move(self.test), self.image_shape,
-                       move(self.train_labels), move(self.test_labels), self.levels)
+                       move(self.train_labels), move(self.test_labels), self.levels, self.stream)

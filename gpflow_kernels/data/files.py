@@ -96,11 +96,21 @@ def _read_csv(path: Path):
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1 if rows else 0)
 
 
-def load_points(path, *, seed: int = 0, image_size=None) -> Dataset:
+def load_points(path, *, seed: int = 0, image_size=None, stream: str = "off", stream_subset: int = 10_000,
+                workers: int = 2) -> Dataset:
     """The (N, D) points in the file ``path``, split into training and held-out rows (see module doc);
     images (rank-3/4 arrays, IDX files) as an image Dataset (``images.py``); a folder of image files
-    through torchvision (``folder.py``), each image resized to ``image_size`` when it is given."""
+    through torchvision (``folder.py``), each image resized to ``image_size`` when it is given.
+    With ``stream`` "on" (or "auto" and a training set too large for memory) the training rows stay
+    in the file and are read as they are drawn (``stream.py``; images then resized as they are read)."""
     path = check(str(path))
+    from .stream import MODES, open_stream
+
+    if stream not in MODES:
+        raise ValueError(f"stream must be one of {', '.join(MODES)}, got {stream!r}")
+    streamed = open_stream(path, seed, MIN_ROWS, image_size, stream, stream_subset, workers)
+    if streamed is not None:
+        return streamed
     if path.is_dir():
         from .folder import load_folder
 

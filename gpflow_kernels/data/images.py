@@ -65,39 +65,64 @@ def labels_beside(path: Path) -> Optional[Path]:
     return None
 
 
-def to_unit_range(t: Tensor, path) -> Tuple[Tensor, Optional[int]]:
-    """(images as float32 in [−1, 1], number of levels or None); see the module docstring."""
-    if t.dtype == torch.uint8:
-        return t.to(torch.float32) / 127.5 - 1.0, 256
-    if not t.is_floating_point():
-        lo, hi = int(t.min()), int(t.max())
+def unit_mapping(dtype: torch.dtype, lo, hi, path) -> Tuple[str, Optional[int]]:
+    """How pixels of ``dtype`` spanning [lo, hi] map to [−1, 1]: ("levels", 256) for uint8 and
+    integers within 0..255, ("unit", None) for floats in [0, 1], ("keep", None) for floats already in
+    [−1, 1]; ValueError naming the file and the range otherwise. (lo, hi are unused for uint8.)"""
+    if dtype == torch.uint8:
+        return "levels", 256
+    if not dtype.is_floating_point:
         if lo < 0 or hi > 255:
-            raise ValueError(f"{path} holds integer pixels in [{lo}, {hi}]; expected 0..255")
-        return t.to(torch.float32) / 127.5 - 1.0, 256
-    x = t.to(torch.float32)
-    bad = ~torch.isfinite(x)
-    if bool(bad.any()):
-        raise ValueError(f"{path} holds {int(bad.sum())} NaN or infinite pixel values (the first in image "
-                         f"{int(bad.flatten(1).any(1).nonzero()[0])})")
-    lo, hi = float(x.min()), float(x.max())
+            raise ValueError(f"{path} holds integer pixels in [{int(lo)}, {int(hi)}]; expected 0..255")
+        return "levels", 256
     if lo >= 0.0 and hi <= 1.0:
-        return 2.0 * x - 1.0, None
+        return "unit", None
     if lo >= -1.0 and hi <= 1.0:
-        return x, None
+        return "keep", None
     raise ValueError(f"{path} holds float pixels in [{lo:.4g}, {hi:.4g}]; expected [0, 1] or [-1, 1] "
                      "(or uint8 0..255)")
 
 
+def apply_mapping(t: Tensor, how: str) -> Tensor:
+    """``t`` as float32 in [−1, 1] by the mapping ``unit_mapping`` chose."""
+    x = t.to(torch.float32)
+    if how == "levels":
+        return x / 127.5 - 1.0
+    return 2.0 * x - 1.0 if how == "unit" else x
+
+
+def to_unit_range(t: Tensor, path) -> Tuple[Tensor, Optional[int]]:
+    """(images as float32 in [−1, 1], number of levels or None); see the module docstring."""
+    lo = hi = 0
+    if t.dtype != torch.uint8 and not t.is_floating_point():
+        lo, hi = int(t.min()), int(t.max())
+    elif t.is_floating_point():
+        x = t.to(torch.float32)
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise ValueError(f"{path} holds {int(bad.sum())} NaN or infinite pixel values (the first in image "
+                             f"{int(bad.flatten(1).any(1).nonzero()[0])})")
+        lo, hi = float(x.min()), float(x.max())
+    how, levels = unit_mapping(t.dtype, lo, hi, path)
+    return apply_mapping(t, how), levels
+
+
+def nchw_shape(shape, path) -> Tuple[int, int, int, int]:
+    """(N, H, W) or (N, C, H, W) with C ∈ {1, 3} -> (N, C, H, W); ValueError naming the file otherwise."""
+    shape = tuple(int(v) for v in shape)
+    if len(shape) == 3:
+        shape = (shape[0], 1) + shape[1:]
+    if len(shape) != 4 or shape[1] not in (1, 3):
+        raise ValueError(f"{path} holds an array of shape {shape}; images must be "
+                         "(N, H, W) or (N, C, H, W) with C = 1 or 3 channels")
+    if min(shape[2:]) < 2:
+        raise ValueError(f"{path} holds images of {shape[2]}×{shape[3]} pixels; at least 2×2 are needed")
+    return shape
+
+
 def as_nchw(t: Tensor, path) -> Tensor:
     """(N, H, W) or (N, C, H, W) with C ∈ {1, 3} -> (N, C, H, W)."""
-    if t.dim() == 3:
-        t = t.unsqueeze(1)
-    if t.dim() != 4 or t.shape[1] not in (1, 3):
-        raise ValueError(f"{path} holds an array of shape {tuple(t.shape)}; images must be (N, H, W) or "
-                         "(N, C, H, W) with C = 1 or 3 channels")
-    if min(t.shape[2:]) < 2:
-        raise ValueError(f"{path} holds images of {t.shape[2]}×{t.shape[3]} pixels; at least 2×2 are needed")
-    return t
+    return t.reshape(nchw_shape(t.shape, path))
 
 
 def image_shape_of(c: int, h: int, w: int):

@@ -68,6 +68,9 @@ class Method:
         # the training set, where minibatches come from); ``x_train`` stays the whole set.
         self.par = SINGLE
         self.batch_pool = self.x_train
+        #: minibatches read from the file (``data.stream.Batches``) when the data are streamed; set by
+        #: the runner, and then ``batch()`` draws from it instead of ``batch_pool``
+        self.batches = None
         #: the weights' moving average (``nets.EMA``) when the option ``ema`` is on; set by the runner
         self.ema = None
 
@@ -84,8 +87,13 @@ class Method:
     # ----- work -------------------------------------------------------------------------------
     def batch(self, n: Optional[int] = None) -> Tensor:
         """A minibatch of training data (with replacement, from this rank's shard under torchrun),
-        drawn from the global generator."""
+        drawn from the global generator; for streamed data, the next of ``self.batches``."""
         n = getattr(self.opts, "batch", 256) if n is None else n
+        if self.batches is not None:
+            if n != self.batches.batch:
+                raise ValueError(f"streamed data give minibatches of {self.batches.batch} rows (option batch), "
+                                 f"not {n}")
+            return self.batches.next()
         return self.batch_pool[torch.randint(0, len(self.batch_pool), (n,), device=self.device)]
 
     def train_step(self, step: int) -> Dict[str, float]:
@@ -114,6 +122,8 @@ class Method:
         state.update({f"optim.{k}": o.state_dict() for k, o in self.optimizers().items()})
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.batches is not None:
+            state["data.batches"] = self.batches.drawn
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -123,6 +133,8 @@ class Method:
             o.load_state_dict(state[f"optim.{k}"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.batches is not None:
+            self.batches.set_drawn(state["data.batches"])
 
 
 def adam(params, lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:

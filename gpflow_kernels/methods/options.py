@@ -46,10 +46,16 @@ class Options:
     image_size: int = 0     # image data: resize the shorter side to this and centre-crop a square; 0: as stored
     features: str = ""      # image data: a TorchScript file mapping (N, C, H, W) images to (N, F) features for FD/KID,
     #                         or inception:PATH (torch-fidelity's InceptionV3 weights file: the standard FID)
+    stream: str = "auto"    # file data: "on" reads training rows from the file as minibatches are drawn (DataLoader
+    #                         workers, pinned memory) instead of loading it; "auto": when the training set as
+    #                         float32 would take over a quarter of the available memory; "off": always load it whole
+    stream_subset: int = 10000  # streamed data: training rows kept in memory for the kernel methods' reference
+    #                             points, the data statistics and the metrics' classifier
+    workers: int = 2        # streamed data: DataLoader worker processes reading minibatches (0: the main process)
 
     SIGNED: ClassVar[Dict[str, None]] = {}
-    LOWER: ClassVar[Dict[str, Tuple[float, bool]]] = {}
-    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {}
+    LOWER: ClassVar[Dict[str, Tuple[float, bool]]] = {"stream_subset": (2, True)}
+    CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"stream": ("auto", "on", "off")}
     IMAGE: ClassVar[Dict[str, Any]] = {}
     #: named sets of option values (``--set preset=NAME``), applied before the user's own options;
     #: plain class attribute (not merged along the MRO): a subclass states its own

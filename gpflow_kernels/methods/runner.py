@@ -31,6 +31,7 @@ import torch
 
 from . import get_method
 from ..data import Dataset, load
+from ..data.stream import DataError
 from .metrics import evaluate, feature_space
 from .nll import held_out_nll
 from .options import COMPARE_DEFAULT
@@ -96,7 +97,11 @@ def _load_checkpoint(path: Path, dev: torch.device, record: Dict[str, Any], tota
     ours = {k: record[k] for k in theirs}
     if theirs != ours:
         raise RunError(f"--resume: {path} is from another run ({theirs}), not {ours}; {hint} or match its options")
-    diff = sorted(k for k in record["options"] if k != "steps" and ck["options"].get(k) != record["options"][k])
+    # Options that leave the numbers unchanged may differ; options newer than the checkpoint match
+    # when they have their default value (the run behaved as the default does).
+    defaults = _option_defaults(record["method"])
+    diff = sorted(k for k in record["options"] if k not in _FREE_OPTIONS
+                  and ck["options"].get(k, defaults.get(k)) != record["options"][k])
     if diff:
         raise RunError(f"--resume with changed options {diff}: the checkpoint has "
                        + ", ".join(f"{k}={ck['options'].get(k)!r}" for k in diff) + f"; {hint}")
@@ -104,6 +109,15 @@ def _load_checkpoint(path: Path, dev: torch.device, record: Dict[str, Any], tota
         raise RunError(f"--resume: the checkpoint is at step {ck['step']}, past the {total} training steps asked for "
                        "now; pass --steps so that the total is at least the checkpoint's, or --overwrite")
     return ck
+
+
+#: Options a resumed run may change: they do not change the numbers it computes ("stream" may go
+#: from "on" to "auto" and back; whether the data are streamed is checked against the checkpoint).
+_FREE_OPTIONS = ("steps", "workers", "stream")
+
+
+def _option_defaults(method: str) -> Dict[str, Any]:
+    return dataclasses.asdict(get_method(method).Options())
 
 
 def _finite_stats(stats: Dict[str, float], step: int, dirs: OutDir, last_ckpt: Optional[int]) -> None:
@@ -161,10 +175,12 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         pyplot()  # fail before training, not after, when matplotlib is missing
     # A folder's images are resized as they are decoded (they may differ in size), so image_size is
     # read, checked, before the data; the options proper are built once the data are known.
-    given = {k: v for k, v in (options or {}).items() if k == "image_size"}
-    size = (cls.Options.build(cls.name, given, is_image=True).image_size or None) if given else None
+    # So are the options that say how to read the data (streamed or loaded whole).
+    given = {k: v for k, v in (options or {}).items() if k in ("image_size", "stream", "stream_subset", "workers")}
+    early = cls.Options.build(cls.name, given, is_image=True)
     try:
-        ds: Dataset = load(data, seed=seed, image_size=size)
+        ds: Dataset = load(data, seed=seed, image_size=early.image_size or None, stream=early.stream,
+                           stream_subset=early.stream_subset, workers=early.workers)
     except ValueError as e:  # a user's file that cannot be used: nothing is written
         raise RunError(str(e)) from None
     _startup_check(sig)
@@ -194,6 +210,11 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     if getattr(opts, "compile", False):
         for module in m.modules().values():
             module.compile()  # in place: parameter names, checkpoints and DDP unchanged
+    if ds.stream is not None and getattr(opts, "batch", 0):
+        from ..data.stream import Batches
+
+        rows = ds.stream.indices[slice(*par.shard(len(ds.stream.indices)))]
+        m.batches = Batches(ds.stream, rows, opts.batch, seed if par.main else rank_seed(seed, par.rank), dev)
     if par.world > 1:
         m.batch_pool = m.x_train[slice(*par.shard(len(m.x_train)))]
         wrap_networks(m, par, dev)
@@ -218,6 +239,10 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     last_ckpt: Optional[int] = None
     if resume:
         ck = _load_checkpoint(out / CHECKPOINT, dev, record, total)
+        if ("data.batches" in ck["state"]) != (m.batches is not None):
+            was = "streamed" if "data.batches" in ck["state"] else "loaded whole"
+            raise RunError(f"--resume: the checkpoint's run read {data} {was}, this one would not (option stream="
+                           f"{opts.stream}); resume with --set stream={'on' if was == 'streamed' else 'off'}, or --overwrite")
         try:
             m.load_state_dict(ck["state"])
         except (KeyError, RuntimeError, ValueError) as e:
@@ -274,7 +299,7 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
             if step % ckpt_every == 0:
                 checkpoint()
                 last_ckpt = step
-    except solvers.NonFiniteError as e:
+    except (solvers.NonFiniteError, DataError) as e:
         bar.close()
         raise RunFailed(f"training failed at step {step + 1}: {e}; {dirs.describe_checkpoint(last_ckpt)}") from None
     except KeyboardInterrupt:
@@ -282,6 +307,8 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         raise Interrupted(f"interrupted twice: stopped in step {step + 1} without saving it; "
                           f"{dirs.describe_checkpoint(last_ckpt)}") from None
     bar.close()
+    if m.batches is not None:
+        m.batches.close()  # the reading workers are not needed past training
     train_seconds += time.perf_counter() - t0
     if history:
         history[-1]["seconds"] = train_seconds
