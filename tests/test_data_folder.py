@@ -159,3 +159,47 @@ def test_every_method_trains_on_a_16_image_folder(tmp_path, monkeypatch):
                          plots=method == "edm", progress=False, log=lambda s: None)
         assert {"mmd2", "fd", "kid", "coverage"} <= set(res["final"]), method
     assert (tmp_path / "edm" / "samples.png").stat().st_size > 1000
+
+
+@needs_tv
+def test_a_streamed_folder_gives_the_loaded_folders_images(tmp_path, monkeypatch):
+    from gpflow_kernels.data import stream as S
+
+    x, y = _digit_folder(tmp_path / "set", n=30)
+    _png(tmp_path / "set" / "d9" / "rgb.png", np.zeros((8, 8, 3), np.uint8) + 40)  # one RGB image: all become RGB
+    whole = load(str(tmp_path / "set"), seed=2, stream="off")
+    st = load(str(tmp_path / "set"), seed=2, stream="on", stream_subset=5)
+    assert st.stream is not None and isinstance(st.stream.rows, S.FolderRows)
+    assert (st.image_shape, st.levels) == (whole.image_shape, whole.levels) == ((3, 8, 8), 256)
+    assert torch.equal(st.test, whole.test) and torch.equal(st.test_labels, whole.test_labels)
+    assert torch.equal(st.train, whole.train[:5]) and torch.equal(st.train_labels, whole.train_labels[:5])
+    assert torch.equal(st.stream.rows[st.stream.indices.numpy()], whole.train)
+    # resized as they are decoded, as the loaded folder is
+    small_whole = load(str(tmp_path / "set"), seed=2, image_size=5)
+    small = load(str(tmp_path / "set"), seed=2, stream="on", image_size=5)
+    assert torch.equal(small.stream.rows[small.stream.indices.numpy()], small_whole.train)
+    # auto: streamed when the folder (estimated from its first image) is past a quarter of the memory
+    assert load(str(tmp_path / "set"), stream="auto").stream is None
+    monkeypatch.setattr(S, "available_memory", lambda: 31 * 64 * 4 * 3)
+    assert load(str(tmp_path / "set"), stream="auto").stream is not None
+    # the start-up reads go through workers for many images, with the same result
+    many = S.read_rows(st.stream.rows, torch.arange(31).repeat(20), workers=2)
+    assert torch.equal(many, st.stream.rows[np.tile(np.arange(31), 20)])
+    # a file that stops decoding while training is named in one line
+    bad = st.stream.rows.files[int(st.stream.indices[0])]
+    bad.write_bytes(b"\x89PNG garbage")
+    b = S.Batches(st.stream, st.stream.indices[:1], 2, seed=0, device="cpu")
+    with pytest.raises(S.DataError, match=rf"^{bad} cannot be decoded as an image"):
+        b.next()
+    b.close()
+
+
+@needs_tv
+def test_streamed_folder_headers_are_checked_at_the_start(tmp_path):
+    _digit_folder(tmp_path / "set", n=8)
+    _png(tmp_path / "set" / "d1" / "big.png", np.zeros((9, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"different sizes \(.*image_size=N"):
+        load(str(tmp_path / "set"), stream="on")
+    (tmp_path / "set" / "d1" / "big.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"big.png cannot be decoded as an image"):
+        load(str(tmp_path / "set"), stream="on")

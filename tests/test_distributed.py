@@ -166,3 +166,16 @@ def test_torchrun_trained_method_resumes_exactly(tmp_path):
     with pytest.raises(RunError, match=r"written by 2 rank\(s\), this run has 1"):
         run_method("gan", "8gaussians", tmp_path / "cut", options={"steps": 20}, resume=True, plots=False,
                    progress=False, n_samples=200, log=lambda _: None)
+
+
+def test_torchrun_streams_a_file_each_rank_from_its_shard(tmp_path):
+    import numpy as np
+    import torch
+
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(120, 2)).astype(np.float32))
+    args = ["edm", "--data", str(tmp_path / "x.npy"), "--samples", "40", "--out", tmp_path / "run", "--set", "steps=4",
+            "--set", "batch=8", "--set", "hidden=8", "--set", "sample_steps=2", "--set", "stream=on", "--set", "nll_points=0"]
+    two = _gpflow(args, nproc=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ck["world"] == 2 and ck["state"]["data.batches"] == 4
