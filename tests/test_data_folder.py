@@ -183,7 +183,7 @@ def test_a_streamed_folder_gives_the_loaded_folders_images(tmp_path, monkeypatch
     monkeypatch.setattr(S, "available_memory", lambda: 31 * 64 * 4 * 3)
     assert load(str(tmp_path / "set"), stream="auto").stream is not None
     # the start-up reads go through workers for many images, with the same result
-    many = S.read_rows(st.stream.rows, torch.arange(31).repeat(20), workers=2)
+    many = S.read_rows(st.stream.rows, torch.arange(31).repeat(20))
     assert torch.equal(many, st.stream.rows[np.tile(np.arange(31), 20)])
     # a file that stops decoding while training is named in one line
     bad = st.stream.rows.files[int(st.stream.indices[0])]

@@ -67,15 +67,14 @@ def test_batches_are_seeded_per_batch_whatever_the_workers(tmp_path):
     np.save(p, X)
     st = load(str(p), seed=0, stream="on").stream
     rows = st.rows[np.arange(len(X))]
-    b0 = S.Batches(st, st.indices, 6, seed=11, device="cpu")
-    st2 = S.Stream(st.rows, st.indices, workers=0)
-    b1 = S.Batches(st2, st.indices, 6, seed=11, device="cpu")
+    b0 = S.Batches(st, st.indices, 6, seed=11, device="cpu", workers=2)
+    b1 = S.Batches(st, st.indices, 6, seed=11, device="cpu", workers=0)
     got0, got1 = [b0.next() for _ in range(5)], [b1.next() for _ in range(5)]
     for k, (a, b) in enumerate(zip(got0, got1)):
         want = rows[torch.from_numpy(S.SeededBatches(st.indices, 6, 11).rows_of(k))]
         assert torch.equal(a, want) and torch.equal(b, want)
     # a resumed reader continues where the first stopped
-    b2 = S.Batches(st, st.indices, 6, seed=11, device="cpu")
+    b2 = S.Batches(st, st.indices, 6, seed=11, device="cpu", workers=2)
     b2.set_drawn(3)
     assert torch.equal(b2.next(), got0[3]) and b2.drawn == 4
     drawn = torch.cat(got0)
@@ -97,7 +96,7 @@ class _Broken(torch.utils.data.Dataset):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_row_that_cannot_be_read_is_one_line(workers):
-    b = S.Batches(S.Stream(_Broken(), torch.arange(10), workers), torch.tensor([7]), 3, seed=0, device="cpu")
+    b = S.Batches(S.Stream(_Broken(), torch.arange(10)), torch.tensor([7]), 3, seed=0, device="cpu", workers=workers)
     with pytest.raises(S.DataError) as e:
         b.next()
     assert str(e.value) == "/data/x.npy: rows cannot be read (OSError: bad sector)"
@@ -166,7 +165,7 @@ def test_a_streamed_run_resumes_exactly_and_refuses_to_switch(tmp_path, monkeypa
     assert run_method("edm", str(p), tmp_path / "b", options=opts, stop_after=4, **QUIET) == {"stopped_at": 4}
     ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert ck["state"]["data.batches"] == 4
-    resumed = run_method("edm", str(p), tmp_path / "b", options={**opts, "workers": 0}, resume=True, **QUIET)
+    resumed = run_method("edm", str(p), tmp_path / "b", options={**opts, "workers": 2}, resume=True, **QUIET)
     assert resumed["final"] == full["final"]
     a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["state"] for d in "ab")
     nets = [k for k in a if k.startswith("module.")]

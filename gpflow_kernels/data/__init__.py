@@ -17,12 +17,12 @@ __all__ = ["Dataset", "load", "load_points", "DATASETS"]
 
 
 def load(name: str, *, seed: int = 0, image_size=None, stream: str = "off", stream_subset: int = 10_000,
-         workers: int = 2, **sizes):
+         **sizes):
     """An embedded data set by name (``DATASETS``; ``n_train``/``n_test`` size the 2-D sets), or the
     points of a file or the images of a folder (see ``files.py``). ``image_size`` resizes a folder's
     images as they are decoded (other image sources are resized afterwards, ``images.resized``).
-    ``stream`` ("off", "on", "auto"), ``stream_subset`` and ``workers``: a file's training rows read as
-    they are drawn (``stream.py``)."""
+    ``stream`` ("off", "on", "auto") and ``stream_subset``: a file's training rows read as they are
+    drawn (``stream.py``)."""
     from .paths import is_file_data
 
     if is_file_data(name):
@@ -30,8 +30,7 @@ def load(name: str, *, seed: int = 0, image_size=None, stream: str = "off", stre
             raise ValueError(f"n_train/n_test size the embedded 2-D sets, not a file ({name})")
         from .files import load_points
 
-        return load_points(name, seed=seed, image_size=image_size, stream=stream, stream_subset=stream_subset,
-                           workers=workers)
+        return load_points(name, seed=seed, image_size=image_size, stream=stream, stream_subset=stream_subset)
     if stream == "on":
         raise ValueError(f"stream=on reads a file by row; {name!r} is an embedded data set (always in memory)")
     from .embedded import load_embedded

@@ -96,8 +96,7 @@ def _read_csv(path: Path):
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1 if rows else 0)
 
 
-def load_points(path, *, seed: int = 0, image_size=None, stream: str = "off", stream_subset: int = 10_000,
-                workers: int = 2) -> Dataset:
+def load_points(path, *, seed: int = 0, image_size=None, stream: str = "off", stream_subset: int = 10_000) -> Dataset:
     """The (N, D) points in the file ``path``, split into training and held-out rows (see module doc);
     images (rank-3/4 arrays, IDX files) as an image Dataset (``images.py``); a folder of image files
     through torchvision (``folder.py``), each image resized to ``image_size`` when it is given.
@@ -108,7 +107,7 @@ def load_points(path, *, seed: int = 0, image_size=None, stream: str = "off", st
 
     if stream not in MODES:
         raise ValueError(f"stream must be one of {', '.join(MODES)}, got {stream!r}")
-    streamed = open_stream(path, seed, MIN_ROWS, image_size, stream, stream_subset, workers)
+    streamed = open_stream(path, seed, MIN_ROWS, image_size, stream, stream_subset)
     if streamed is not None:
         return streamed
     if path.is_dir():

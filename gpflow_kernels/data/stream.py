@@ -134,11 +134,10 @@ class FolderRows(torch.utils.data.Dataset):
 @dataclass
 class Stream:
     """rows: every row of the file (``rows[list]`` -> (B, D) float32); indices: (N_train,) the file rows
-    that form the training set; workers: DataLoader worker processes for minibatches."""
+    that form the training set."""
 
     rows: torch.utils.data.Dataset
     indices: Tensor
-    workers: int = 2
 
 
 # ----- minibatches ------------------------------------------------------------------------------
@@ -166,20 +165,21 @@ class Batches:
     """Minibatches of ``batch`` training rows from a Stream, on ``device`` (see the module docstring).
 
     ``next()`` returns batch k and counts it; ``drawn`` (in checkpoints) sets where the next run starts.
-    ``indices`` are the rows this process draws from (its shard under torchrun).
+    ``indices`` are the rows this process draws from (its shard under torchrun); ``workers`` reading
+    processes (0: read in this process).
     """
 
-    def __init__(self, stream: Stream, indices: Tensor, batch: int, seed: int, device: torch.device):
+    def __init__(self, stream: Stream, indices: Tensor, batch: int, seed: int, device: torch.device, workers: int = 0):
         if len(indices) == 0:
             raise ValueError("this process's share of the streamed training rows is empty")
-        self.stream, self.indices, self.batch, self.seed = stream, indices, batch, seed
+        self.stream, self.indices, self.batch, self.seed, self.workers = stream, indices, batch, seed, workers
         self.device = torch.device(device)
         self.drawn = 0
         self._it = None
         self._loader = None
 
     def _start(self):
-        w = self.stream.workers
+        w = self.workers
         sampler = SeededBatches(self.indices, self.batch, self.seed, self.drawn)
         self._loader = torch.utils.data.DataLoader(
             self.stream.rows, batch_size=None, sampler=sampler, num_workers=w,
@@ -221,13 +221,17 @@ def _our_line(e: Exception) -> Exception:
 _PREFIXES = ("gpflow_kernels.data.stream.DataError: ", "DataError: ")
 
 
-def read_rows(rows, idx: Tensor, workers: int) -> Tensor:
-    """rows[idx] (B, D), read by DataLoader workers in chunks when there are many (folders decode
-    each image); a DataError becomes the ValueError of a file that cannot be used."""
+def read_rows(rows, idx: Tensor) -> Tensor:
+    """rows[idx] (B, D) at start-up; a folder's many images are decoded by DataLoader workers in chunks
+    (as ``folder.py`` decodes a folder it loads). A DataError becomes the ValueError of a file that
+    cannot be used."""
+    from .folder import WORKERS_FROM
+
     idx = idx.numpy()
     chunk = 256
+    workers = min(8, os.cpu_count() or 1)
     try:
-        if workers == 0 or len(idx) < 2 * chunk:
+        if not isinstance(rows, FolderRows) or len(idx) < WORKERS_FROM or workers < 2:
             return rows[idx]
         parts = [idx[a:a + chunk] for a in range(0, len(idx), chunk)]
         loader = torch.utils.data.DataLoader(rows, batch_size=None, sampler=parts, num_workers=workers,
@@ -363,13 +367,13 @@ def scan(arr, path: Path, *, points: bool) -> Tuple[float, float]:
 
 
 def open_stream(path: Path, seed: int, min_rows: int, image_size: Optional[int], mode: str,
-                subset: int, workers: int) -> Optional[Dataset]:
+                subset: int) -> Optional[Dataset]:
     """The Dataset of ``path`` with its training rows streamed, or None when ``mode`` is "auto" and
     they fit in memory (or the format cannot be streamed): the caller then loads the file."""
     if mode == "off":
         return None
     if path.is_dir():
-        return _open_folder(path, seed, min_rows, image_size, mode, subset, workers)
+        return _open_folder(path, seed, min_rows, image_size, mode, subset)
     try:
         arr, labels = _mapped(path)
     except ValueError:
@@ -401,7 +405,7 @@ def open_stream(path: Path, seed: int, min_rows: int, image_size: Optional[int],
     if len(shape) == 2:
         scan(arr, path, points=True)
         rows = ArrayRows(arr, path)
-        return _split(path, rows, n, labels, seed, subset, workers, None, None)
+        return _split(path, rows, n, labels, seed, subset, None, None)
     from .images import image_shape_of, unit_mapping
 
     if n < min_rows:
@@ -413,7 +417,7 @@ def open_stream(path: Path, seed: int, min_rows: int, image_size: Optional[int],
     how, levels = unit_mapping(dtype, lo, hi, path)
     size = image_size if image_size and (h, w) != (image_size, image_size) else None
     rows = ArrayRows(arr, path, (c, h, w), how, size)
-    return _split(path, rows, n, labels, seed, subset, workers, image_shape_of(c, *out_hw),
+    return _split(path, rows, n, labels, seed, subset, image_shape_of(c, *out_hw),
                   None if size else levels)
 
 
@@ -427,7 +431,7 @@ def _check_labels(path, labels: Optional[Tensor], n: int) -> None:
         raise ValueError(f"{path}: labels must be whole numbers >= 0 (class indices)")
 
 
-def _split(path, rows, n: int, labels, seed: int, subset: int, workers: int, image_shape, levels) -> Dataset:
+def _split(path, rows, n: int, labels, seed: int, subset: int, image_shape, levels) -> Dataset:
     """Held-out and subset rows read into memory, the training rows streamed; the split is the one
     a loaded file gets (``files.load_points``, ``images.image_dataset``)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
@@ -435,12 +439,12 @@ def _split(path, rows, n: int, labels, seed: int, subset: int, workers: int, ima
     te, tr = perm[:n_test], perm[n_test:]
     keep = tr[:subset]
     lab = (lambda idx: labels[idx].to(torch.long)) if labels is not None else (lambda idx: None)
-    test, train = read_rows(rows, te, workers), read_rows(rows, keep, workers)
+    test, train = read_rows(rows, te), read_rows(rows, keep)
     return Dataset(str(path), train, test, image_shape, lab(keep), lab(te), levels,
-                   stream=Stream(rows, tr.clone(), workers))
+                   stream=Stream(rows, tr.clone()))
 
 
-def _open_folder(root: Path, seed, min_rows, image_size, mode, subset, workers) -> Optional[Dataset]:
+def _open_folder(root: Path, seed, min_rows, image_size, mode, subset) -> Optional[Dataset]:
     from .folder import GREY_MODES, list_images, torchvision_modules
 
     files, labels, _ = list_images(root)
@@ -480,4 +484,4 @@ def _open_folder(root: Path, seed, min_rows, image_size, mode, subset, workers) 
 
     rows = FolderRows(files, image_size or None, rgb, (c, h, w))
     lab = None if labels is None else torch.tensor(labels, dtype=torch.long)
-    return _split(root, rows, len(files), lab, seed, subset, workers, image_shape_of(c, h, w), 256)
+    return _split(root, rows, len(files), lab, seed, subset, image_shape_of(c, h, w), 256)

@@ -51,10 +51,11 @@ class Options:
     #                         float32 would take over a quarter of the available memory; "off": always load it whole
     stream_subset: int = 10000  # streamed data: training rows kept in memory for the kernel methods' reference
     #                             points, the data statistics and the metrics' classifier
-    workers: int = 2        # streamed data: DataLoader worker processes reading minibatches (0: the main process)
+    workers: int = -1       # streamed data: DataLoader worker processes reading minibatches (0: the training
+    #                         process); -1: 0 on the CPU, up to 4 with --device cuda
 
     SIGNED: ClassVar[Dict[str, None]] = {}
-    LOWER: ClassVar[Dict[str, Tuple[float, bool]]] = {"stream_subset": (2, True)}
+    LOWER: ClassVar[Dict[str, Tuple[float, bool]]] = {"stream_subset": (2, True), "workers": (-1, True)}
     CHOICES: ClassVar[Dict[str, Tuple[str, ...]]] = {"stream": ("auto", "on", "off")}
     IMAGE: ClassVar[Dict[str, Any]] = {}
     #: named sets of option values (``--set preset=NAME``), applied before the user's own options;

@@ -22,6 +22,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -176,11 +177,11 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     # A folder's images are resized as they are decoded (they may differ in size), so image_size is
     # read, checked, before the data; the options proper are built once the data are known.
     # So are the options that say how to read the data (streamed or loaded whole).
-    given = {k: v for k, v in (options or {}).items() if k in ("image_size", "stream", "stream_subset", "workers")}
+    given = {k: v for k, v in (options or {}).items() if k in ("image_size", "stream", "stream_subset")}
     early = cls.Options.build(cls.name, given, is_image=True)
     try:
         ds: Dataset = load(data, seed=seed, image_size=early.image_size or None, stream=early.stream,
-                           stream_subset=early.stream_subset, workers=early.workers)
+                           stream_subset=early.stream_subset)
     except ValueError as e:  # a user's file that cannot be used: nothing is written
         raise RunError(str(e)) from None
     _startup_check(sig)
@@ -214,7 +215,10 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
         from ..data.stream import Batches
 
         rows = ds.stream.indices[slice(*par.shard(len(ds.stream.indices)))]
-        m.batches = Batches(ds.stream, rows, opts.batch, seed if par.main else rank_seed(seed, par.rank), dev)
+        # workers=-1: none on the CPU, where they would take cores from the training (measured in
+        # RESULTS.md), 4 beside a GPU (at most half the cores), to read while it computes
+        workers = opts.workers if opts.workers >= 0 else (min(4, max(1, (os.cpu_count() or 2) // 2)) if dev.type == "cuda" else 0)
+        m.batches = Batches(ds.stream, rows, opts.batch, seed if par.main else rank_seed(seed, par.rank), dev, workers)
     if par.world > 1:
         m.batch_pool = m.x_train[slice(*par.shard(len(m.x_train)))]
         wrap_networks(m, par, dev)
