@@ -19,33 +19,8 @@ namespace gpflow_cpu {
 // the epilogue"): tile_dots gives the MR × JBT dot products from the transposed inner points, the
 // kernel and weights are computed on that tile in L1, and tile_reduce adds Σ_q w[r][q] C[q][:]
 // from the row-major inner points with MR × 4 vector accumulators. GCC vector extensions (64-byte
-// vectors; GCC splits them where the machine has narrower ones) make the blocking explicit.
-
-template <typename T>
-struct VecT;
-template <>
-struct VecT<float> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct VecT<double> {
-  typedef double type __attribute__((vector_size(64)));
-};
-template <typename T>
-using Vec = typename VecT<T>::type;
-template <typename T>
-constexpr int LANES = 64 / sizeof(T);
-
-template <typename T>
-inline Vec<T> vload(const T* p) {
-  Vec<T> v;
-  __builtin_memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename T>
-inline void vstore(T* p, Vec<T> v) {
-  __builtin_memcpy(p, &v, sizeof v);
-}
+// vectors, from cpu_rows.h; GCC splits them where the machine has narrower ones) make the blocking
+// explicit.
 
 constexpr int MR = 6;     // outer points per tile
 constexpr int JBT = 128;  // inner points per tile block (a multiple of PADQ)
@@ -405,20 +380,33 @@ void t_softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
       tile_dots(xr, z.D, yT + b * z.D * z.Mp, z.Mp, q0, nb, t.d);
       for (int r = 0; r < MR; ++r) {
+        // Weights against the running maximum m in the same pass as the logits; only when the
+        // block holds logits far above m (Σp past 2^20, or the first block, m = −∞) is its own
+        // maximum taken and the pass redone. Any reference ≥ the block's values gives the same
+        // softmax; p ≤ 2^20 keeps Σ p·y far from overflow.
         T* l = t.d + r * JBT;
-        tile_flash(l, nn + q0, ib, nb);
-        T bm = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : bm)
-        for (int q = 0; q < nb; ++q) bm = std::max(bm, l[q]);
-        const T mn = std::max(m[r], bm);
-        const T scale = std::exp(m[r] - mn);
+        T* p = t.e + r * JBT;
+        const T* nq = nn + q0;
+        const T mo = m[r];
 #pragma omp simd
-        for (int q = 0; q < nb; ++q) l[q] = fexp(l[q] - mn);
-        tot[r] = tot[r] * scale + sum_block(l, nb);
-        for (int64_t d = 0; d < z.Dp; ++d) acc[r * z.Dp + d] *= scale;
-        m[r] = mn;
+        for (int q = 0; q < nb; ++q) {
+          l[q] = (l[q] - T(0.5) * nq[q]) * ib;
+          p[q] = fexp(l[q] - mo);
+        }
+        T s = sum_block(p, nb);
+        if (!(s <= T(1 << 20))) {
+          const T mn = std::max(mo, block_max(l, nb, -std::numeric_limits<T>::infinity()));
+          const T scale = std::exp(mo - mn);  // 0 on the first block
+#pragma omp simd
+          for (int q = 0; q < nb; ++q) p[q] = fexp(l[q] - mn);
+          s = sum_block(p, nb);
+          tot[r] *= scale;
+          for (int64_t d = 0; d < z.Dp; ++d) acc[r * z.Dp + d] *= scale;
+          m[r] = mn;
+        }
+        tot[r] += s;
       }
-      tile_reduce(t.d, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
+      tile_reduce(t.e, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
     }
     for (int r = 0; r < mr; ++r) {
       const int64_t i = b * z.N + i0 + r;

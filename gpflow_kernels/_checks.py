@@ -45,7 +45,9 @@ def finite(name: str, t: Tensor) -> None:
     if t.device.type == "meta":
         raise ValueError(f"{name} is a meta tensor ({describe(t)}): it has no values to compute with; "
                          "materialise it on a real device first (e.g. torch.empty_like(t, device='cpu'))")
-    if not bool(torch.isfinite(t).all()):
+    # One summing pass first (a fifth of isfinite's time here): a finite sum means every value is
+    # finite; only a non-finite sum (a NaN/inf, or finite values overflowing) needs the exact test.
+    if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or infinite values ({describe(t)})")
 
 

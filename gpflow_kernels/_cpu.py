@@ -50,16 +50,20 @@ PADQ, PADD = 32, 16
 def _T(t):
     """(B, L, D) -> (B, D, L padded to PADQ) contiguous, zeros in the padding."""
     B, L, D = t.shape
-    out = t.new_zeros(B, D, -(-L // PADQ) * PADQ)
+    out = t.new_empty(B, D, -(-L // PADQ) * PADQ)
     out[:, :, :L] = t.transpose(1, 2)
+    out[:, :, L:] = 0
     return out
 
 
 def _R(t):
     """(B, L, D) -> (B, L, D padded to PADD), the row-major copy the tiled path (D > 8) reduces over."""
     B, L, D = t.shape
-    out = t.new_zeros(B, L, -(-D // PADD) * PADD)
+    if D % PADD == 0 and t.is_contiguous():
+        return t  # already the layout: no copy (the extension only reads it)
+    out = t.new_empty(B, L, -(-D // PADD) * PADD)
     out[:, :, :D] = t
+    out[:, :, D:] = 0
     return out
 
 

@@ -238,3 +238,20 @@ def test_a_particles_own_term_cancels_exactly_as_in_the_reference():
             got = gk.mmd_field(a, b, bandwidth=0.0546875 * math.sqrt(D), backend="cpu")
             want = gk.mmd_field(a, b, bandwidth=0.0546875 * math.sqrt(D), backend="torch")
             assert float(got.abs().max()) < 1e-25 and float(want.abs().max()) < 1e-25
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+@pytest.mark.parametrize("D", [3, 16])
+def test_soft_assignment_whose_nearest_point_comes_in_a_late_block(D, dt):
+    """The tiled pass weighs each block against the running maximum and redoes a block only when
+    it holds logits far above it: put each point's nearest neighbour in the third or fourth
+    block of 128 (logits ~150 above every earlier one), far points first."""
+    g = torch.Generator().manual_seed(5)
+    y = torch.randn(1, 400, D, generator=g, dtype=torch.float64) * 3
+    x = y[:, [300, 390, 257, 5]] + 0.01 * torch.randn(1, 4, D, generator=g, dtype=torch.float64)
+    s2 = torch.tensor([[0.09]], dtype=torch.float64)
+    mu, lse = _cpu.softmax_mean(x.to(dt), y.to(dt), s2.to(dt))
+    mr, lr = reference.softmax_mean(x, y, s2)
+    tol = 1e-4 if dt == torch.float32 else 1e-10
+    torch.testing.assert_close(mu.double(), mr, rtol=tol, atol=tol * 10)
+    torch.testing.assert_close(lse.double(), lr, rtol=tol, atol=tol * 10)
