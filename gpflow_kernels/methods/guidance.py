@@ -91,7 +91,8 @@ class MMDGuidance(Method):
         return m
 
     def codes(self) -> torch.Tensor:
-        """The training set in the space the sampler works in (latent codes, or the points)."""
+        """The training set in the space the sampler works in (latent codes, or the points): the
+        witness's data and σ_data (the in-memory subset when the data are streamed)."""
         if not self.opts.latent:
             return self.x_train
         if self._codes is None:
@@ -107,9 +108,11 @@ class MMDGuidance(Method):
         if step == self.ae_phase and o.latent:
             self._codes = None
             self.net.sigma_data = data_sigma(self.codes(), self.opts.sigma_data)
-        codes = self.codes()
-        batch = codes[torch.randint(0, len(codes), (o.batch,), device=self.device)]
-        return {"loss": train_denoiser_step(self.net, self.opt, batch, o.p_mean, o.p_std)}
+        x = self.batch()  # from this rank's shard, or the file when the data are streamed
+        if o.latent:
+            with torch.no_grad():
+                x = self.enc(x)
+        return {"loss": train_denoiser_step(self.net, self.opt, x, o.p_mean, o.p_std)}
 
     def likelihood_flow(self, generator):
         """The unguided model's (the EDM denoiser's) flow: the guided sampler's drift depends on the
