@@ -211,10 +211,14 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
     if getattr(opts, "compile", False):
         for module in m.modules().values():
             module.compile()  # in place: parameter names, checkpoints and DDP unchanged
-    if ds.stream is not None and getattr(opts, "batch", 0):
+    n_train = len(ds.stream.indices) if ds.stream is not None else len(m.x_train)
+    if getattr(opts, "batch", 0) and m.total_steps > 0 and n_train < par.world:
+        raise RunError(f"{data} has {n_train} training rows for {par.world} ranks: every rank draws its minibatches "
+                       "from its own share, so use fewer ranks or more data")
+    if ds.stream is not None and getattr(opts, "batch", 0) and m.total_steps > 0:
         from ..data.stream import Batches
 
-        rows = ds.stream.indices[slice(*par.shard(len(ds.stream.indices)))]
+        rows = ds.stream.indices[slice(*par.shard(n_train))]
         # workers=-1: none on the CPU, where they would take cores from the training (measured in
         # RESULTS.md), 4 beside a GPU (at most half the cores), to read while it computes
         workers = opts.workers if opts.workers >= 0 else (min(4, max(1, (os.cpu_count() or 2) // 2)) if dev.type == "cuda" else 0)
