@@ -18,8 +18,9 @@
 #   dist         benchmarks/gpu_dist_check.py under torchrun, one rank per GPU (NCCL): the sharded
 #                ops on the GPU backends against one process, and their lse merge on the device
 #   images       image training on the device: edm and gan on the digits at 16×16 (U-Net / DCGAN,
-#                channels_last), fp32 then bf16 + compile; metrics.json (images/s, FD, KID, NLL)
-#                in OUTDIR/images/
+#                channels_last), fp32 then bf16 + compile, and edm streamed from a .npy file
+#                (DataLoader workers, pinned memory); metrics.json (images/s, FD, KID, NLL) in
+#                OUTDIR/images/
 # Every call starts with the environment (versions, nvidia-smi) in OUTDIR/env.log. Wheels in
 # ./.whl (torchsde, pykeops, ... for a machine without a package index) are installed first; made
 # on a machine with one by
@@ -128,7 +129,16 @@ for stage in "$@"; do
                     run images $py -m gpflow_kernels run $m --data digits --out "$out/images/$m-$mode" --overwrite \
                         --device cuda --steps 1000 --set image_size=16 --no-plots --quiet "${extra[@]}"
                 done
-            done ;;
+            done
+            mkdir -p "$out/images"
+            # streamed from a file (memory map, 4 DataLoader workers, pinned memory): the digits as
+            # uint8 with their labels in a .pt (pixels rounded to 256 levels, not the digits' 17);
+            # compare images/s, FD and KID with edm-fp32's
+            run images $py -c "import torch; from sklearn.datasets import load_digits; d = load_digits(); \
+torch.save({'images': torch.tensor(d.images * 255 / 16).to(torch.uint8), 'labels': torch.tensor(d.target)}, \
+'$out/images/digits.pt')"
+            run images $py -m gpflow_kernels run edm --data "$out/images/digits.pt" --out "$out/images/edm-stream" \
+                --overwrite --device cuda --steps 1000 --set image_size=16 --set stream=on --no-plots --quiet ;;
     esac
 done
 exit $status

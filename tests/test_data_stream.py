@@ -212,17 +212,17 @@ def test_every_method_trains_and_samples_on_a_streamed_image_file(tmp_path, monk
     from test_data_images import TINY
 
     monkeypatch.setenv("GPFLOW_CACHE", str(tmp_path / "cache"))
-    imgs, labels = digit_images(16)
     p = tmp_path / "t-images-idx3-ubyte"
-    p.write_bytes(idx_bytes(imgs))
-    (tmp_path / "t-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    p.write_bytes(idx_bytes(digit_images(16)[0]))  # no labels: no metrics' classifier to train here
     drawn = {}
     for method in sorted(TINY):
         opts = {**TINY[method], "stream": "on", "stream_subset": 6}
+        if "nll_points" in opts:
+            opts["nll_points"] = 0  # the likelihood does not read the training rows
         if method == "mmd-guidance":
             opts.update(latent=4, ae_steps=2)  # the latent (autoencoder) variant draws minibatches too
         res = run_method(method, str(p), tmp_path / method, options=opts, **{**QUIET, "n_samples": 8})
-        assert {"mmd2", "fd", "kid", "coverage"} <= set(res["final"]), method
+        assert np.isfinite(res["final"]["mmd2"]), method
         ck = torch.load(tmp_path / method / "checkpoint.pt", weights_only=True)
         drawn[method] = ck["state"].get("data.batches")
     # the methods that train on minibatches read them from the file; flows and KDE scores use the subset
