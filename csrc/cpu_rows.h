@@ -425,13 +425,7 @@ void integral_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
         const Inner<T> vin{vb, nullptr, z.Mp};
         wsum_all(k0, vin, z.P, q0, nb, o);
       } else {
-        for (int p = 0; p < z.P; ++p) {
-          const T* vp = vb + p * z.Mp + q0;
-          T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-          for (int q = 0; q < nb; ++q) acc += k0[q] * vp[q];
-          o[p] += acc;
-        }
+        wsum_coords(k0, Inner<T>{vb, nullptr, z.Mp}, z.P, q0, nb, o);
       }
     }
   });
@@ -498,15 +492,7 @@ void integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
     for (int64_t q0 = 0; q0 < z.N; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.N - q0));
       kernel_block<T, KIND, ORDER>(yj, yy, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
-      if (gv) {
-        for (int p = 0; p < z.P; ++p) {
-          const T* gp = gb + p * z.Np + q0;
-          T acc = T(0);
-#pragma omp simd reduction(+ : acc)
-          for (int q = 0; q < nb; ++q) acc += k0[q] * gp[q];
-          av[p] += acc;
-        }
-      }
+      if (gv) wsum_coords(k0, Inner<T>{gb, nullptr, z.Np}, z.P, q0, nb, av);
       if constexpr (ORDER >= 1) {
         if (gy) {
           const T v0 = vj ? vj[0] : T(1);

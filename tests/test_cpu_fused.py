@@ -51,6 +51,8 @@ def test_pair_reductions_match_the_reference_in_float64(kname, D):
     gv, gd = torch.randn(2, 37, 3, generator=g, dtype=dt), torch.randn(2, 37, D, generator=g, dtype=dt)
     _close(_cpu.integral(kern, x, y, v, s2), reference.integral(kern, x, y, v, s2))
     _close(_cpu.integral(kern, x, y, None, s2), reference.integral(kern, x, y, None, s2))
+    v6 = torch.randn(2, 29, 6, generator=g, dtype=dt)  # more than 4 value columns: the per-column sums
+    _close(_cpu.integral(kern, x, y, v6, s2), reference.integral(kern, x, y, v6, s2))
     _close(_cpu.grad_sum(kern, x, y, a, s2), reference.grad_sum(kern, x, y, a, s2))
     _close(_cpu.grad_sum(kern, x, y, None, s2), reference.grad_sum(kern, x, y, None, s2))
     every = (True, True, True)

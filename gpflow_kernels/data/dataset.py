@@ -10,6 +10,14 @@ import torch
 Tensor = torch.Tensor
 
 
+def split(n: int, seed: int) -> Tuple[Tensor, Tensor]:
+    """(held-out, training) row numbers of a user's file of n rows: shuffled by ``seed``, the first
+    max(2, min(n // 5, 2000)) held out (our choice). Loaded and streamed files share it."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_test = max(2, min(n // 5, 2000))
+    return perm[:n_test], perm[n_test:]
+
+
 @dataclass
 class Dataset:
     """train: (N, D) points the methods learn from; test: (M, D) held-out points for the metrics.

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import Dataset
+from .dataset import Dataset, split
 from .paths import check, is_idx
 
 #: Keys tried, in order, in a ``.npz`` or a ``.pt`` dictionary holding several arrays.
@@ -47,6 +47,43 @@ def _labels(mapping):
     return None
 
 
+def _unreadable(path: Path, suffix: str, e: Exception) -> ValueError:
+    return ValueError(f"{path} cannot be read as {suffix} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+
+
+def tensor_in(obj, path: Path):
+    """(the tensor, labels or None) of what torch.load returned: a tensor, or a dictionary of them."""
+    labels = None
+    if isinstance(obj, dict):
+        obj, labels = _pick(obj, path), _labels(obj)
+    if not isinstance(obj, torch.Tensor):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a tensor of points")
+    return obj, labels
+
+
+def real_dtype(dtype, path: Path) -> torch.dtype:
+    """The torch dtype of a numpy or torch dtype of real numbers; ValueError naming the file otherwise."""
+    if isinstance(dtype, np.dtype):
+        if dtype.kind not in "fiu" or dtype.itemsize > 8:  # strings, objects, booleans, complex numbers
+            raise ValueError(f"{path} holds {dtype} values; expected real numbers")
+        dtype = torch.from_numpy(np.zeros(0, dtype=dtype.newbyteorder("="))).dtype
+    if dtype == torch.bool or dtype.is_complex or not (dtype.is_floating_point or dtype in
+                                                       (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise ValueError(f"{path} holds {dtype} values; expected real numbers")
+    return dtype
+
+
+def check_points_shape(path: Path, shape) -> None:
+    """(N, D) with N >= MIN_ROWS and D >= 1; ValueError naming the file otherwise."""
+    if len(shape) != 2:
+        raise ValueError(f"{path} holds an array of shape {tuple(shape)}; expected (N, D) points or "
+                         "(N, H, W) / (N, C, H, W) images")
+    if shape[0] < MIN_ROWS or shape[1] == 0:
+        raise ValueError(f"{path} holds {shape[0]} points of dimension {shape[1]}; at least {MIN_ROWS} points "
+                         "of dimension >= 1 are needed (2 are held out for the metrics)")
+
+
 def _read(path: Path):
     """(the array, labels stored beside it in the same .npz / .pt dictionary or None)."""
     suffix = path.suffix.lower()
@@ -60,20 +97,14 @@ def _read(path: Path):
                 arrays = {k: z[k] for k in z.files}
                 return _pick(arrays, path), _labels(arrays)
         if suffix in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            labels = None
-            if isinstance(obj, dict):
-                obj, labels = _pick(obj, path), _labels(obj)
-            if not isinstance(obj, torch.Tensor):
-                raise ValueError(f"{path} holds a {type(obj).__name__}, not a tensor of points")
-            return obj, labels
+            return tensor_in(torch.load(path, map_location="cpu", weights_only=True), path)
         return _read_csv(path), None
     except ValueError as e:
         if str(path) in str(e):
             raise
         raise ValueError(f"{path} cannot be read as {suffix}: {str(e).splitlines()[0][:200]}") from None
     except (OSError, EOFError, zipfile.BadZipFile, RuntimeError, Exception) as e:  # garbage or truncated
-        raise ValueError(f"{path} cannot be read as {suffix} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise _unreadable(path, suffix, e) from None
 
 
 def _read_csv(path: Path):
@@ -121,23 +152,15 @@ def load_points(path, *, seed: int = 0, image_size=None, stream: str = "off", st
     raw, labels = _read(path)
     if not isinstance(raw, torch.Tensor):
         raw = np.asarray(raw)
-        if raw.dtype.kind not in "fiu":  # strings, objects, booleans, complex numbers
-            raise ValueError(f"{path} holds {raw.dtype} values; expected real numbers")
+        real_dtype(raw.dtype, path)
         raw = torch.from_numpy(raw)
     t = raw
-    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype in
-                                                        (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
-        raise ValueError(f"{path} holds {t.dtype} values; expected real numbers")
+    real_dtype(t.dtype, path)
     if t.dim() in (3, 4):
         from .images import image_dataset
 
         return image_dataset(path, t, labels, seed, MIN_ROWS)
-    if t.dim() != 2:
-        raise ValueError(f"{path} holds an array of shape {tuple(t.shape)}; expected (N, D) points or "
-                         "(N, H, W) / (N, C, H, W) images")
-    if t.shape[0] < MIN_ROWS or t.shape[1] == 0:
-        raise ValueError(f"{path} holds {t.shape[0]} points of dimension {t.shape[1]}; at least {MIN_ROWS} points "
-                         "of dimension >= 1 are needed (2 are held out for the metrics)")
+    check_points_shape(path, t.shape)
     x = t.to(torch.float32)
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
@@ -146,6 +169,5 @@ def load_points(path, *, seed: int = 0, image_size=None, stream: str = "off", st
                          "remove or impute them")
     if t.is_floating_point() and bool(torch.isfinite(t).all()) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{path}: values overflow float32")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = max(2, min(len(x) // 5, 2000))
-    return Dataset(str(path), x[perm[n_test:]].contiguous(), x[perm[:n_test]].contiguous())
+    te, tr = split(len(x), seed)
+    return Dataset(str(path), x[tr].contiguous(), x[te].contiguous())

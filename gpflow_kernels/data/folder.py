@@ -116,14 +116,20 @@ def _decode_all(files: List[Path], size: Optional[int]) -> List[torch.Tensor]:
         raise ValueError(line.removeprefix("ValueError: ")) from None
 
 
-def load_folder(root: Path, seed: int, min_rows: int, image_size: Optional[int] = None) -> Dataset:
-    """The images of the folder ``root`` as an image Dataset (see the module docstring)."""
-    from .images import image_dataset
-
+def usable_images(root: Path, min_rows: int) -> Tuple[List[Path], Optional[List[int]]]:
+    """(files, labels or None) of a folder with at least ``min_rows`` images, torchvision importable."""
     files, labels, _ = list_images(root)
     if len(files) < min_rows:
         raise ValueError(f"{root} holds {len(files)} image files; at least {min_rows} are needed (2 are held out)")
     torchvision_modules()
+    return files, labels
+
+
+def load_folder(root: Path, seed: int, min_rows: int, image_size: Optional[int] = None) -> Dataset:
+    """The images of the folder ``root`` as an image Dataset (see the module docstring)."""
+    from .images import image_dataset
+
+    files, labels = usable_images(root, min_rows)
     imgs = _decode_all(files, image_size)
     sizes = {tuple(im.shape[1:]) for im in imgs}
     if len(sizes) > 1:

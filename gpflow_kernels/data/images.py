@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import Dataset
+from .dataset import Dataset, split
 
 Tensor = torch.Tensor
 
@@ -156,23 +156,26 @@ def resized(ds: Dataset, size: int) -> Dataset:
                    ds.test_labels, None)
 
 
-def image_dataset(path, images: Tensor, labels: Optional[Tensor], seed: int, min_rows: int) -> Dataset:
-    """An image Dataset from (N, H, W) / (N, C, H, W) values, split like point files."""
-    x = as_nchw(images, path)
-    if x.shape[0] < min_rows:
-        raise ValueError(f"{path} holds {x.shape[0]} images; at least {min_rows} are needed (2 are held out)")
+def check_images(path, n: int, labels: Optional[Tensor], min_rows: int) -> None:
+    """At least ``min_rows`` images, and labels (when given) one whole number >= 0 per image."""
+    if n < min_rows:
+        raise ValueError(f"{path} holds {n} images; at least {min_rows} are needed (2 are held out)")
     if labels is not None:
-        if labels.shape != (x.shape[0],):
-            raise ValueError(f"{path}: labels of shape {tuple(labels.shape)} for {x.shape[0]} images; expected ({x.shape[0]},)")
+        if labels.shape != (n,):
+            raise ValueError(f"{path}: labels of shape {tuple(labels.shape)} for {n} images; expected ({n},)")
         if labels.dtype == torch.bool or labels.is_complex() or not bool((labels == labels.round()).all()) \
                 or bool((labels < 0).any()):
             raise ValueError(f"{path}: labels must be whole numbers >= 0 (class indices)")
+
+
+def image_dataset(path, images: Tensor, labels: Optional[Tensor], seed: int, min_rows: int) -> Dataset:
+    """An image Dataset from (N, H, W) / (N, C, H, W) values, split like point files."""
+    x = as_nchw(images, path)
+    check_images(path, x.shape[0], labels, min_rows)
     x, levels = to_unit_range(x, path)
     n, c, h, w = x.shape
     flat = x.reshape(n, c * h * w)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_test = max(2, min(n // 5, 2000))
-    te, tr = perm[:n_test], perm[n_test:]
+    te, tr = split(n, seed)
     lab = (lambda idx: labels[idx].to(torch.long)) if labels is not None else (lambda idx: None)
     return Dataset(str(path), flat[tr].contiguous(), flat[te].contiguous(), image_shape_of(c, h, w),
                    lab(tr), lab(te), levels)

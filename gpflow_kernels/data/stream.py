@@ -33,7 +33,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .dataset import Dataset
+from .dataset import Dataset, split
 
 Tensor = torch.Tensor
 
@@ -266,25 +266,20 @@ def _mapped(path: Path):
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as e:
-            raise ValueError(f"{path} cannot be read as .npy ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            from .files import _unreadable
+
+            raise _unreadable(path, ".npy", e) from None
         return arr, None
     if suffix in (".pt", ".pth"):
-        from .files import _labels, _pick
+        from .files import _unreadable, tensor_in
 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" in str(e) or "zip" in str(e):
-                raise _not_streamable(path, "written in torch's legacy format, which cannot be mapped") from None
-            raise ValueError(f"{path} cannot be read as {suffix} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
         except Exception as e:
-            raise ValueError(f"{path} cannot be read as {suffix} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-        labels = None
-        if isinstance(obj, dict):
-            obj, labels = _pick(obj, path), _labels(obj)
-        if not isinstance(obj, torch.Tensor):
-            raise ValueError(f"{path} holds a {type(obj).__name__}, not a tensor of points")
-        return obj, labels
+            if isinstance(e, RuntimeError) and ("mmap" in str(e) or "zip" in str(e)):
+                raise _not_streamable(path, "written in torch's legacy format, which cannot be mapped") from None
+            raise _unreadable(path, suffix, e) from None
+        return tensor_in(obj, path)
     raise _not_streamable(path, f"{suffix} files are read whole")
 
 
@@ -319,19 +314,6 @@ def _idx_labels(path: Path) -> Optional[Tensor]:
     if lab.ndim != 1:
         raise ValueError(f"{lab_path} holds an array of shape {lab.shape}; IDX labels are 1-d")
     return torch.from_numpy(lab.astype(np.int64))
-
-
-def _dtype_of(arr, path: Path) -> torch.dtype:
-    if isinstance(arr, torch.Tensor):
-        t = arr.dtype
-    else:
-        if arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 8:
-            raise ValueError(f"{path} holds {arr.dtype} values; expected real numbers")
-        t = torch.from_numpy(np.zeros(0, dtype=arr.dtype.newbyteorder("="))).dtype
-    if t == torch.bool or t.is_complex or not (t.is_floating_point or t in
-                                               (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
-        raise ValueError(f"{path} holds {t} values; expected real numbers")
-    return t
 
 
 def scan(arr, path: Path, *, points: bool) -> Tuple[float, float]:
@@ -388,29 +370,24 @@ def open_stream(path: Path, seed: int, min_rows: int, image_size: Optional[int],
             else int(np.prod(shape[1:]))
         if shape[0] * width * 4 <= AUTO_FRACTION * available_memory():
             return None
-    dtype = _dtype_of(arr, path)
+    from .files import check_points_shape, real_dtype
+
+    dtype = real_dtype(arr.dtype, path)
     if len(shape) in (3, 4):
         from .images import nchw_shape
 
         n, c, h, w = nchw_shape(shape, path)
         out_hw = (image_size, image_size) if image_size else (h, w)
-    elif len(shape) == 2:
-        n, width = shape
-        if n < min_rows or width == 0:
-            raise ValueError(f"{path} holds {n} points of dimension {width}; at least {min_rows} points of dimension "
-                             f">= 1 are needed (2 are held out for the metrics)")
     else:
-        raise ValueError(f"{path} holds an array of shape {shape}; expected (N, D) points or (N, H, W) / "
-                         "(N, C, H, W) images")
+        check_points_shape(path, shape)
+        n = shape[0]
     if len(shape) == 2:
         scan(arr, path, points=True)
         rows = ArrayRows(arr, path)
         return _split(path, rows, n, labels, seed, subset, None, None)
-    from .images import image_shape_of, unit_mapping
+    from .images import check_images, image_shape_of, unit_mapping
 
-    if n < min_rows:
-        raise ValueError(f"{path} holds {n} images; at least {min_rows} are needed (2 are held out)")
-    _check_labels(path, labels, n)
+    check_images(path, n, labels, min_rows)
     lo = hi = 0
     if dtype != torch.uint8:
         lo, hi = scan(arr, path, points=False)
@@ -421,22 +398,10 @@ def open_stream(path: Path, seed: int, min_rows: int, image_size: Optional[int],
                   None if size else levels)
 
 
-def _check_labels(path, labels: Optional[Tensor], n: int) -> None:
-    if labels is None:
-        return
-    if labels.shape != (n,):
-        raise ValueError(f"{path}: labels of shape {tuple(labels.shape)} for {n} images; expected ({n},)")
-    if labels.dtype == torch.bool or labels.is_complex() or not bool((labels == labels.round()).all()) \
-            or bool((labels < 0).any()):
-        raise ValueError(f"{path}: labels must be whole numbers >= 0 (class indices)")
-
-
 def _split(path, rows, n: int, labels, seed: int, subset: int, image_shape, levels) -> Dataset:
     """Held-out and subset rows read into memory, the training rows streamed; the split is the one
     a loaded file gets (``files.load_points``, ``images.image_dataset``)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_test = max(2, min(n // 5, 2000))
-    te, tr = perm[:n_test], perm[n_test:]
+    te, tr = split(n, seed)
     keep = tr[:subset]
     lab = (lambda idx: labels[idx].to(torch.long)) if labels is not None else (lambda idx: None)
     test, train = read_rows(rows, te), read_rows(rows, keep)
@@ -445,12 +410,9 @@ def _split(path, rows, n: int, labels, seed: int, subset: int, image_shape, leve
 
 
 def _open_folder(root: Path, seed, min_rows, image_size, mode, subset) -> Optional[Dataset]:
-    from .folder import GREY_MODES, list_images, torchvision_modules
+    from .folder import GREY_MODES, usable_images
 
-    files, labels, _ = list_images(root)
-    if len(files) < min_rows:
-        raise ValueError(f"{root} holds {len(files)} image files; at least {min_rows} are needed (2 are held out)")
-    torchvision_modules()
+    files, labels = usable_images(root, min_rows)
     from PIL import Image
 
     if mode == "auto":  # estimated from the first image's header: reading them all takes a while
