@@ -12,10 +12,19 @@ else:
     # tests check numbers, not speed; gpu_check.py checks the tuned kernels' accuracy).
     os.environ.setdefault("GPFLOW_TRITON_AUTOTUNE", "0")
 
+import random
 import re
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Hypothesis: derandomised in CI (CI=true, as .ci/run is started), so a property test either
+# always passes or always fails on a given tree; local runs explore new examples. Either way a
+# failure prints the blob that reproduces it (@reproduce_failure). HYPOTHESIS_PROFILE overrides.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 from gpflow_kernels import reference
 
@@ -52,6 +61,16 @@ def pytest_collection_modifyitems(config, items):
         if not slow and item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.skip(reason="slow (minutes on 2 cores): run with --run-slow; "
                                                     "benchmarks/gpu_session.sh's tests stage does"))
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_generators():
+    """Every test starts from the same global random state (Python, numpy, torch), whatever ran
+    before it in this process: a draw a test forgot to seed is still the same draw every run."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
 
 
 @pytest.fixture(params=["one_tile", "ragged_tiles"])

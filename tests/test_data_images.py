@@ -111,7 +111,7 @@ def _write(path, data: bytes):
 def test_bad_image_data(tmp_path, case, match):
     x, _ = digit_images()
     if case == "nan":
-        a = np.random.rand(6, 4, 4).astype(np.float32)
+        a = np.random.default_rng(3).random((6, 4, 4)).astype(np.float32)
         a[3, 1, 1] = np.nan
         np.save(tmp_path / "a.npy", a)
         path = str(tmp_path / "a.npy")

@@ -9,7 +9,7 @@ on well-formed input must not raise. A deadline per example guards against hangs
 """
 
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import gpflow_kernels as gk
@@ -144,10 +144,15 @@ def test_ops_give_the_float64_answer_or_a_named_error(c):
 
 
 def test_the_fuzz_covers_every_op_dtype_and_kernel():
-    """The strategy draws from every op, dtype and kernel (a guard against a narrowed strategy)."""
+    """The strategy draws from every op, dtype and kernel (a guard against a narrowed strategy).
+
+    Derandomised with a fixed seed, whatever the profile: 300 unseeded draws once missed "imq"
+    (a kernel is drawn only for the 6 of 8 ops that take one), a failure by chance. The same
+    examples every run; 600 of them reach every kernel with a wide margin."""
     seen = {"op": set(), "dtype": set(), "kernel": set()}
 
-    @settings(max_examples=300, deadline=None, database=None)
+    @seed(20261202)
+    @settings(max_examples=600, deadline=None, database=None, derandomize=True)
     @given(c=cases())
     def collect(c):
         for k in seen:
