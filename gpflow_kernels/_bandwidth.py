@@ -62,16 +62,23 @@ def usable_range(dtype: torch.dtype) -> Tuple[float, float]:
     return 1.0 / big, big
 
 
+def _range_message(name: str, value: str, dtype: torch.dtype, what: str = "") -> str:
+    lo, hi = usable_range(dtype)
+    return (f"{name}{what} = {value} is outside the range the ops can compute in {dtype}: "
+            f"[{lo:.2g}, {hi:.2g}] (σ² or 1/σ⁴ would under- or overflow); rescale the points"
+            + ("" if dtype == torch.float64 else " or use float64 inputs"))
+
+
 def _check_range(name: str, sigma: Tensor, dtype: torch.dtype, what: str = "") -> None:
     """sigma: float64 values, already known finite and > 0."""
     lo, hi = usable_range(dtype)
-    bad = sigma[(sigma < lo) | (sigma > hi)]
+    ok = (sigma >= lo) & (sigma <= hi)
+    if _checks.compiling():  # no value in the message: a traced graph cannot format one
+        _checks.require(ok, _range_message(name, "a value", dtype, what))
+        return
+    bad = sigma[~ok]
     if bad.numel():
-        raise ValueError(
-            f"{name}{what} = {float(bad.flatten()[0]):.3g} is outside the range the ops can compute in {dtype}: "
-            f"[{lo:.2g}, {hi:.2g}] (σ² or 1/σ⁴ would under- or overflow); rescale the points"
-            + ("" if dtype == torch.float64 else " or use float64 inputs")
-        )
+        raise ValueError(_range_message(name, f"{float(bad.flatten()[0]):.3g}", dtype, what))
 
 
 def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="bandwidth") -> Tensor:
@@ -88,11 +95,8 @@ def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="b
             sigma = median_distance(z)
             if scale is not None:
                 sigma = sigma * scale
-        if not bool((sigma > 0).all()):
-            raise ValueError(
-                f'{name}="median" gave 0: more than half of the pairwise distances are 0 '
-                "(repeated points); pass an explicit bandwidth"
-            )
+        _checks.require(sigma > 0, f'{name}="median" gave 0: more than half of the pairwise distances are 0 '
+                                   "(repeated points); pass an explicit bandwidth")
         _check_range(name, sigma.double(), dtype, what=' from "median"')
         return (sigma * sigma).to(dtype).view(-1, 1)
     if isinstance(bandwidth, (list, tuple)):
@@ -113,12 +117,17 @@ def resolve(bandwidth, pools, dtype: torch.dtype, device, *, scale=None, name="b
                 f"{name} must be a scalar or a 1-d tensor of K >= 1 bandwidths, got shape {tuple(bandwidth.shape)}"
             )
         sig = bandwidth.detach().to(device=device, dtype=torch.float64).reshape(1, -1)
-        if not bool((torch.isfinite(sig) & (sig > 0)).all()):
+        ok = torch.isfinite(sig) & (sig > 0)
+        if _checks.compiling():
+            _checks.require(ok, f"{name} must hold finite values > 0")
+        elif not bool(ok.all()):
             raise ValueError(f"{name} must hold finite values > 0, got {bandwidth.tolist()}")
         _check_range(name, sig, dtype)
         return (sig * sig).to(dtype)
     sigma = _checks.positive_number(name, bandwidth)
-    _check_range(name, torch.tensor([sigma], dtype=torch.float64), dtype)
+    lo, hi = usable_range(dtype)
+    if not lo <= sigma <= hi:  # a number: checked on the host, no tensor (nothing to trace)
+        raise ValueError(_range_message(name, f"{sigma:.3g}", dtype))
     return torch.full((1, 1), sigma * sigma, dtype=dtype, device=device)
 
 

@@ -38,13 +38,55 @@ def capturing(t: Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
+def compiling() -> bool:
+    """True while torch.compile / torch.export traces: a value check cannot branch on data there."""
+    return torch.compiler.is_compiling()
+
+
+_ASCII = str.maketrans({'"': "'", "\\": "/", "σ": "sigma", "²": "^2", "⁴": "^4", "…": "..."})
+
+
+def _c_literal(message: str) -> str:
+    """The message as inductor's C++ code can hold it (it pastes it into a string literal
+    unescaped): no double quote, no backslash, ASCII only."""
+    return message.translate(_ASCII).encode("ascii", "replace").decode("ascii")
+
+
+def require(ok, message: str, error=ValueError) -> None:
+    """Raise ``error(message)`` unless ``ok`` (a bool tensor, all of it true).
+
+    Eager: one host sync, then the named error. Traced by torch.compile: the check stays in the
+    graph as ``torch._assert_async``, which raises a RuntimeError with the same message when the
+    compiled code runs (a graph cannot raise our own error types, and must not branch on values).
+    While a CUDA graph is captured values cannot be read at all, so nothing is checked.
+    """
+    if compiling():
+        torch._assert_async(ok.all(), _c_literal(message))
+    elif not capturing(ok) and not bool(ok.all()):
+        raise error(message)
+
+
+def no_functorch(op: str) -> None:
+    """torch.func transforms (grad, vjp, jacrev, vmap, ...) cannot see through our analytic
+    backward passes and fused kernels: say so in one line instead of torch's generic errors."""
+    if not compiling() and torch._C._functorch.peek_interpreter_stack() is not None:
+        raise RuntimeError(
+            f"gpflow_kernels.{op} does not support torch.func transforms (grad, vjp, jacrev, jvp, vmap): "
+            "use torch.autograd.grad / .backward() for gradients, and pass a batch as leading dimensions "
+            "(x: (..., N, D)) instead of vmap"
+        )
+
+
 def finite(name: str, t: Tensor) -> None:
     # O(N) next to the O(N·M) reductions; it turns a NaN result into a named error.
-    if capturing(t):
-        return
     if t.device.type == "meta":
         raise ValueError(f"{name} is a meta tensor ({describe(t)}): it has no values to compute with; "
                          "materialise it on a real device first (e.g. torch.empty_like(t, device='cpu'))")
+    if compiling():
+        require(torch.isfinite(t), f"{name} contains NaN or infinite values")
+        return
+    if capturing(t):
+        return
     # One summing pass first (a fifth of isfinite's time here): a finite sum means every value is
     # finite; only a non-finite sum (a NaN/inf, or finite values overflowing) needs the exact test.
     if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):

@@ -236,6 +236,8 @@ def fused_code(kernel: Kernel) -> Tuple[int, float, float, float]:
     kind: 0 gaussian, 1 imq, 2 laplace, 3 energy, 4 polyharmonic c·w^h, 5 polyharmonic
     (c/2)·w^h·log w, with w = u + eps². Subclasses and custom kernels have no fused code.
     """
+    if isinstance(kernel, tuple) and len(kernel) == 4:
+        return kernel  # already a code (the custom operators pass kernels this way)
     simple = {Gaussian: 0, IMQ: 1, Laplace: 2, Energy: 3}
     if type(kernel) in simple:
         return simple[type(kernel)], 0.0, 0.0, 0.0

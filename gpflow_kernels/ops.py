@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from . import _bandwidth, _checks, reference
+from . import _bandwidth, _checks, _library, reference
 from .kernels import Kernel, fused_code, get_kernel
 
 Tensor = torch.Tensor
@@ -68,7 +68,7 @@ def _cuda_impl(x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
         raise ValueError(f"backend='cuda' takes point dimension D <= {_cuda.MAX_D}, got x with shape {tuple(x.shape)}; use backend='triton' or 'torch'")
     if kernel is not None:
         fused_code(kernel)  # ValueError for custom kernels
-    return _cuda
+    return _library.primitives("cuda")
 
 
 _NOTICED = []
@@ -95,7 +95,7 @@ def _cpu_impl(backend: str, x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
         if not _cpu.available():
             _notice_no_cpu_ext(_cpu.IMPORT_ERROR)
             return reference
-        return _cpu if (kernel is None or _fusable(kernel)) else reference
+        return _library.primitives("cpu") if (kernel is None or _fusable(kernel)) else reference
     if not _cpu.available():
         raise ValueError(
             "backend='cpu' is not available: the extension gpflow_kernels._cpu_ext was not built "
@@ -105,7 +105,7 @@ def _cpu_impl(backend: str, x: Tensor, kernel: Optional[Kernel]) -> ModuleType:
         raise ValueError(f"backend='cpu' needs CPU tensors, got x on {x.device}")
     if kernel is not None:
         fused_code(kernel)  # ValueError for custom kernels
-    return _cpu
+    return _library.primitives("cpu")
 
 
 def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleType:
@@ -114,7 +114,8 @@ def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleTyp
     "auto": on CPU tensors the fused C++ kernels where the extension is built and the kernel is a
     built-in one (``_cpu_impl``); on CUDA tensors the fused Triton kernels when triton (>= 3.5)
     imports and the kernel and D are supported; else the tiled torch reference. "cpu" and
-    "triton" insist.
+    "triton" insist. A compiled backend comes wrapped in its custom operators
+    (``_library.primitives``), so torch.compile sees opaque ops, never raw pointers.
     """
     _checks.backend(backend)
     if backend == "torch":
@@ -128,7 +129,7 @@ def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleTyp
     mod, err = _triton_module()
     supported = mod is not None and x.shape[-1] <= mod.MAX_D and (kernel is None or _fusable(kernel))
     if backend == "auto":
-        return mod if supported else reference
+        return _library.primitives("triton") if supported else reference
     if mod is None:
         raise ValueError(f"backend='triton' needs the triton package (>= 3.5), which is not usable here: {err}")
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
@@ -137,7 +138,7 @@ def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleTyp
         raise ValueError(f"backend='triton' takes point dimension D <= {mod.MAX_D}, got x with shape {tuple(x.shape)}; use backend='torch'")
     if not supported:
         raise ValueError(f"backend='triton' has no fused kernel for {kernel!r} (a custom Kernel); use backend='torch'")
-    return mod
+    return _library.primitives("triton")
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -148,12 +149,10 @@ def _cast_back(op: str, out: Tensor, dtype: torch.dtype, bandwidth) -> Tensor:
     """The result in the inputs' dtype. float16 (max 65504) can overflow where float32 did not, e.g. a
     KDE score ~ distance/σ² at small σ: that is an error naming the bandwidth, not an inf."""
     res = out.to(dtype)
-    if dtype in (torch.float16, torch.bfloat16) and not _checks.capturing(res) and not bool(torch.isfinite(res).all()):
+    if dtype in (torch.float16, torch.bfloat16):
         bw = bandwidth if isinstance(bandwidth, (str, int, float)) else "the given tensor/list"
-        raise ValueError(
-            f"{op}: the result overflows {dtype} (largest {torch.finfo(dtype).max:g}) at bandwidth={bw}; "
-            "use float32 inputs or a larger bandwidth"
-        )
+        _checks.require(torch.isfinite(res), f"{op}: the result overflows {dtype} (largest {torch.finfo(dtype).max:g}) "
+                                             f"at bandwidth={bw}; use float32 inputs or a larger bandwidth")
     return res
 
 
@@ -213,6 +212,43 @@ _Integral = _pair_function("_Integral", "integral", "integral_backward")
 _GradSum = _pair_function("_GradSum", "grad_sum", "grad_sum_backward")
 
 
+def _traced(impl, x) -> bool:
+    """A compiled backend's call that something traces: it must go through the custom operator."""
+    return _library.is_compiled(impl) and not _library.plain_eager(x)
+
+
+def _direct(impl):
+    return impl.module if _library.is_compiled(impl) else impl
+
+
+def _distinct(x, y):
+    """y, or a view of it when it is x itself: dynamo cannot trace an autograd.Function given one
+    tensor twice (mmd2's k(x, x), svgd's self pairs), a view it can."""
+    return y.view_as(y) if (y is x and _checks.compiling()) else y
+
+
+def _integral(impl, kern, s2, x, y, w):
+    """Σ_j k(x_i, y_j) w_j, differentiable: the registered custom operator (with its backward) when
+    traced (torch.compile, export, a dispatch mode), else the autograd node over the backend."""
+    if _traced(impl, x):
+        return impl.integral(kern, x, y, w, s2)
+    return _Integral.apply(_direct(impl), kern, s2, x, _distinct(x, y), w)
+
+
+def _grad_sum(impl, kern, s2, x, y, a):
+    """Σ_j a_j ∇_x k(x_i, y_j), differentiable (as ``_integral``)."""
+    if _traced(impl, x):
+        return impl.grad_sum(kern, x, y, a, s2)
+    return _GradSum.apply(_direct(impl), kern, s2, x, _distinct(x, y), a)
+
+
+def _softmax_mean(impl, s2, x, y):
+    """The Gaussian soft assignment's mean μ, differentiable (as ``_integral``)."""
+    if _traced(impl, x):
+        return impl.softmax_mean(x, y, s2)[0]
+    return _SoftmaxMean.apply(_direct(impl), s2, x, y)
+
+
 class _SoftmaxMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, impl, s2, x, y):
@@ -239,6 +275,7 @@ def median_bandwidth(x: Tensor, y: Optional[Tensor] = None) -> Tensor:
 
     Uses at most 1024 points per batch element (a fixed random subset beyond that).
     """
+    _checks.no_functorch("median_bandwidth")
     if y is None:
         x = _checks.points("x", x)
         pools = [x.reshape((-1,) + tuple(x.shape[-2:]))]
@@ -269,6 +306,7 @@ def kernel_integral(
         (..., N, P) if v is (..., M, P); (..., N) if v is (..., M) or None.
         Differentiable with respect to x, y and v.
     """
+    _checks.no_functorch("kernel_integral")
     x, y = _checks.point_pair("x", x, "y", y)
     squeeze = True
     if v is not None:
@@ -283,7 +321,7 @@ def kernel_integral(
     cd = _compute_dtype(x.dtype)
     xf, yf = _flat(x, 2, cd), _flat(y, 2, cd)
     s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
-    out = _Integral.apply(impl, kern, s2, xf, yf, _flat(v, 2, cd))
+    out = _integral(impl, kern, s2, xf, yf, _flat(v, 2, cd))
     out = out.reshape(tuple(x.shape[:-1]) + (out.shape[-1],))
     if squeeze:
         out = out.squeeze(-1)
@@ -315,13 +353,14 @@ def mmd_field(
     Returns:
         (..., N, D), differentiable with respect to x, y, x_ref and weights.
     """
+    _checks.no_functorch("mmd_field")
     x, y = _checks.point_pair("x", x, "y", y)
     if x_ref is not None:
         _, x_ref = _checks.point_pair("x", x, "x_ref", x_ref)
     if weights is not None:
         weights = _checks.per_point("weights", weights, "y", y, trailing=None)
-        if not _checks.capturing(weights) and (bool((weights < 0).any()) or not bool((weights.sum(-1) > 0).all())):
-            raise ValueError("weights must be >= 0 with a positive sum over the M points of y")
+        _checks.require((weights >= 0).all() & (weights.sum(-1) > 0).all(),
+                        "weights must be >= 0 with a positive sum over the M points of y")
     kern = get_kernel(kernel)
     impl = _impl(backend, x, kern)
     cd = _compute_dtype(x.dtype)
@@ -329,11 +368,11 @@ def mmd_field(
     rf = xf if x_ref is None else _flat(x_ref, 2, cd)
     s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
     if weights is None:
-        attract = _GradSum.apply(impl, kern, s2, xf, yf, None) / yf.shape[1]
+        attract = _grad_sum(impl, kern, s2, xf, yf, None) / yf.shape[1]
     else:
         wf = _flat(weights, 1, cd)
-        attract = _GradSum.apply(impl, kern, s2, xf, yf, wf / wf.sum(-1, keepdim=True))
-    repel = _GradSum.apply(impl, kern, s2, xf, rf, None) / rf.shape[1]
+        attract = _grad_sum(impl, kern, s2, xf, yf, wf / wf.sum(-1, keepdim=True))
+    repel = _grad_sum(impl, kern, s2, xf, rf, None) / rf.shape[1]
     return _cast_back("mmd_field", (attract - repel).reshape(x.shape), x.dtype, bandwidth)
 
 
@@ -353,6 +392,7 @@ def mmd2(
     With ``kernel="energy"`` and σ = 1 the biased value is the energy distance.
     Differentiable with respect to x and y.
     """
+    _checks.no_functorch("mmd2")
     x, y = _checks.point_pair("x", x, "y", y)
     if not isinstance(unbiased, bool):
         raise TypeError(f"unbiased must be a bool, got {type(unbiased).__name__}")
@@ -366,7 +406,7 @@ def mmd2(
     s2 = _bandwidth.resolve(bandwidth, [xf, yf], cd, x.device)
 
     def total(a, b):
-        return _Integral.apply(impl, kern, s2, a, b, None).sum((1, 2))
+        return _integral(impl, kern, s2, a, b, None).sum((1, 2))
 
     kxx, kyy, kxy = total(xf, xf), total(yf, yf), total(xf, yf)
     if unbiased:
@@ -377,7 +417,8 @@ def mmd2(
     return _cast_back("mmd2", val.reshape(x.shape[:-2]), x.dtype, bandwidth)
 
 
-def _kde_prepare(x, y, bandwidth, backend):
+def _kde_prepare(op, x, y, bandwidth, backend):
+    _checks.no_functorch(op)
     x, y = _checks.point_pair("x", x, "y", y)
     _bandwidth.single(bandwidth)
     impl = _impl(backend, x)
@@ -394,8 +435,8 @@ def kde_denoiser(x: Tensor, y: Tensor, *, bandwidth: Bandwidth, backend: str = "
     Σ_j softmax_j(−|x − y_j|²/(2σ²)) y_j, computed with an online log-sum-exp (stable for tiny σ).
     x: (..., N, D), y: (..., M, D) -> (..., N, D); differentiable with respect to x and y.
     """
-    x, xf, yf, s2, impl = _kde_prepare(x, y, bandwidth, backend)
-    return _cast_back("kde_denoiser", _SoftmaxMean.apply(impl, s2, xf, yf).reshape(x.shape), x.dtype, bandwidth)
+    x, xf, yf, s2, impl = _kde_prepare("kde_denoiser", x, y, bandwidth, backend)
+    return _cast_back("kde_denoiser", _softmax_mean(impl, s2, xf, yf).reshape(x.shape), x.dtype, bandwidth)
 
 
 def kde_score(x: Tensor, y: Tensor, *, bandwidth: Bandwidth, backend: str = "auto") -> Tensor:
@@ -403,8 +444,8 @@ def kde_score(x: Tensor, y: Tensor, *, bandwidth: Bandwidth, backend: str = "aut
 
     Equals (kde_denoiser(x, y) − x) / σ² (Tweedie). x: (..., N, D), y: (..., M, D) -> (..., N, D).
     """
-    x, xf, yf, s2, impl = _kde_prepare(x, y, bandwidth, backend)
-    mu = _SoftmaxMean.apply(impl, s2, xf, yf)
+    x, xf, yf, s2, impl = _kde_prepare("kde_score", x, y, bandwidth, backend)
+    mu = _softmax_mean(impl, s2, xf, yf)
     return _cast_back("kde_score", ((mu - xf) / s2.view(-1, 1, 1)).reshape(x.shape), x.dtype, bandwidth)
 
 
@@ -422,6 +463,7 @@ def svgd_field(
     ``bandwidth="median"`` follows Liu & Wang: σ = median distance / sqrt(2 log(N + 1)).
     Returns (..., N, D), differentiable with respect to x and score.
     """
+    _checks.no_functorch("svgd_field")
     x = _checks.points("x", x)
     score = _checks.per_point("score", score, "x", x, trailing=x.shape[-1])
     kern = get_kernel(kernel)
@@ -430,7 +472,7 @@ def svgd_field(
     xf, sf = _flat(x, 2, cd), _flat(score, 2, cd)
     N = xf.shape[1]
     s2 = _bandwidth.resolve(bandwidth, [xf], cd, x.device, scale=_bandwidth.svgd_scale(N))
-    drive = _Integral.apply(impl, kern, s2, xf, xf, sf)
+    drive = _integral(impl, kern, s2, xf, xf, sf)
     # ∇_{x_j} k(x_j, x_i) = −∇_{x_i} k(x_i, x_j) for a radial kernel.
-    repulse = _GradSum.apply(impl, kern, s2, xf, xf, None)
+    repulse = _grad_sum(impl, kern, s2, xf, xf, None)
     return _cast_back("svgd_field", ((drive - repulse) / N).reshape(x.shape), x.dtype, bandwidth)
