@@ -30,18 +30,37 @@ def state(x0) -> Tensor:
 
 
 def times(ts, x0: Tensor, name: str = "ts") -> Tensor:
-    """1-d, at least two points, strictly monotone (either direction); returned in x0's dtype/device."""
+    """1-d, at least two points, strictly monotone (either direction); returned in x0's dtype/device.
+
+    Checked after the conversion to x0's dtype, the one the steps run in: float64 times that are
+    distinct can round to one float32 value (1 and 1 + 1e-9; 1e8 and 1e8 + 1), and a step
+    between them would be of size 0 (an unintegrated or uninitialised output row otherwise).
+    """
     ts = torch.as_tensor(ts)
     if ts.device.type == "meta":
         raise ValueError(f"{name} is a meta tensor: it has no values; pass the times on a real device")
     if ts.dim() != 1 or ts.numel() < 2:
         raise ValueError(f"{name} must be a 1-d grid of at least 2 times, got shape {tuple(ts.shape)}")
+    if ts.is_complex() or ts.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real times, got dtype {ts.dtype}")
     if not bool(torch.isfinite(ts).all()):
         raise ValueError(f"{name} contains NaN or infinite times")
+    given = ts
+    ts = ts.to(device=x0.device, dtype=x0.dtype)
+    if not bool(torch.isfinite(ts).all()):
+        raise ValueError(f"{name} overflows {x0.dtype}, the state's dtype (largest {torch.finfo(x0.dtype).max:.3g}), "
+                         f"got {given.tolist()}")
     d = ts[1:] - ts[:-1]
-    if not (bool((d > 0).all()) or bool((d < 0).all())):
-        raise ValueError(f"{name} must be strictly increasing or strictly decreasing, got {ts.tolist()}")
-    return ts.to(device=x0.device, dtype=x0.dtype)
+    if bool((d > 0).all()) or bool((d < 0).all()):
+        return ts
+    same = torch.nonzero(d == 0).flatten()
+    if same.numel() and bool(((given[1:] - given[:-1]) != 0).flatten()[same[0]]):
+        i = int(same[0])
+        raise ValueError(
+            f"{name}[{i}] = {float(given[i])!r} and {name}[{i + 1}] = {float(given[i + 1])!r} collapse to the same "
+            f"time {float(ts[i])!r} in {x0.dtype}, the state's dtype: a step of size 0; space them further apart, "
+            "shift the grid nearer 0, or integrate in float64")
+    raise ValueError(f"{name} must be strictly increasing or strictly decreasing, got {given.tolist()}")
 
 
 def method(name, registry: Dict[str, object], what: str):
