@@ -672,10 +672,12 @@ void softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T* 
   });
 }
 
-// gx_i = Σ_j c_ij y_j / σ², c_ij = p_ij (g_i · y_j − g_i · μ_i), p_ij = exp(ℓ_ij − lse_i).
+// gx_i = Σ_j c_ij (y_j − μ_i) / σ², c_ij = p_ij (g_i · y_j − g_i · μ_i), p_ij = exp(ℓ_ij − lse_i).
+// Σ_j c_ij = 0 exactly, so Σ_j c_ij y_j alone would carry every c_ij's rounding times |y_j|; the
+// computed Σ_j c_ij times μ_i is subtracted, cancelling it (reference.softmax_mean_backward).
 template <typename T>
 void softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T* inv, const T* lse, const T* gmu,
-                   const T* g, T* gx) {
+                   const T* g, const T* mu, T* gx) {
   for_outer(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i) {
     alignas(64) T l[JB], gy[JB];
     const T* xi = x + (b * z.N + i) * z.D;
@@ -685,16 +687,19 @@ void softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T
     const T xx = sqnorm(xi, z.D);
     const T li = lse[b * z.N + i], gm = gmu[b * z.N + i];
     std::vector<T> acc(z.D, T(0));
+    T csum = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
       logits_block(xi, xx, in, z.D, q0, nb, ib, in.nrm ? in.nrm + q0 : nullptr, T(0), l);
       dot_block(gi, in, z.D, q0, nb, gy);
 #pragma omp simd
       for (int q = 0; q < nb; ++q) l[q] = fexp(l[q] - li) * (gy[q] - gm);
+      csum += sum_block(l, nb);
       wsum_coords(l, in, z.D, q0, nb, acc.data());
     }
     T* o = gx + (b * z.N + i) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = acc[d] * ib;
+    const T* mi = mu + (b * z.N + i) * z.D;
+    for (int d = 0; d < z.D; ++d) o[d] = -mul_sub(mi[d], csum, acc[d]) * ib;
   });
 }
 

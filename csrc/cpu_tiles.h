@@ -418,7 +418,7 @@ void t_softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T
 
 template <typename T>
 void t_softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T* yR, const T* inv, const T* lse,
-                     const T* gmu, const T* g, T* gx) {
+                     const T* gmu, const T* g, const T* mu, T* gx) {
   for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
     TileBuf<T> t;
     const T *xr[MR], *gr[MR];
@@ -427,6 +427,7 @@ void t_softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const
     const T ib = inv[b * z.inv_bs];
     const T* nn = yn + b * z.M;
     std::vector<T> acc(MR * z.Dp, T(0));
+    T csum[MR] = {};
     for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
       tile_dots(xr, z.D, yT + b * z.D * z.Mp, z.Mp, q0, nb, t.d);
@@ -439,11 +440,16 @@ void t_softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const
         tile_flash(l, nn + q0, ib, nb);
 #pragma omp simd
         for (int q = 0; q < nb; ++q) l[q] = fexp(l[q] - li) * (gyq[q] - gm);
+        csum[r] += sum_block(l, nb);
       }
       tile_reduce(t.d, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
     }
-    for (int r = 0; r < mr; ++r)
-      for (int d = 0; d < z.D; ++d) gx[(b * z.N + i0 + r) * z.D + d] = acc[r * z.Dp + d] * ib;
+    // minus μ_i Σ_j c_ij: see softmax_bwd_x (cpu_rows.h).
+    for (int r = 0; r < mr; ++r) {
+      const T* mi = mu + (b * z.N + i0 + r) * z.D;
+      for (int d = 0; d < z.D; ++d)
+        gx[(b * z.N + i0 + r) * z.D + d] = -mul_sub(mi[d], csum[r], acc[r * z.Dp + d]) * ib;
+    }
   });
 }
 

@@ -149,7 +149,7 @@ void GradSumBwdYOp<T, KIND>::run(Sizes z, Spec s, P y, P xT, P xn, P xR, P a, P 
   }
 }
 
-// which 0: forward (x, yT, yn, yR, inv, mu, lse); 1: x gradient (x, yT, yn, yR, inv, lse, gmu, g, gx);
+// which 0: forward (x, yT, yn, yR, inv, mu, lse); 1: x gradient (x, yT, yn, yR, inv, lse, gmu, g, gx, mu);
 // 2: y gradient (y, xT, yn, xR, inv, lse, gmu, gT, gR, gy).
 template <typename T>
 void softmax_dispatch(int which, Sizes z, P a0, P a1, P a2, P a3, P a4, P a5, P a6, P a7, P a8, P a9) {
@@ -160,9 +160,10 @@ void softmax_dispatch(int which, Sizes z, P a0, P a1, P a2, P a3, P a4, P a5, P 
   } else if (which == 1) {
     if (tiled)
       t_softmax_bwd_x<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a3), cp<T>(a4), cp<T>(a5), cp<T>(a6), cp<T>(a7),
-                         mp<T>(a8));
+                         cp<T>(a9), mp<T>(a8));
     else
-      softmax_bwd_x<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a4), cp<T>(a5), cp<T>(a6), cp<T>(a7), mp<T>(a8));
+      softmax_bwd_x<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a4), cp<T>(a5), cp<T>(a6), cp<T>(a7), cp<T>(a9),
+                       mp<T>(a8));
   } else {
     if (tiled)
       t_softmax_bwd_y<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a3), cp<T>(a4), cp<T>(a5), cp<T>(a6), cp<T>(a7),

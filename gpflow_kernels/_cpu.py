@@ -233,8 +233,9 @@ def softmax_mean_backward(x, y, s2, lse, mu, g, needs):
     if need_x:
         yT, yR = _T(yc), _R(yc) if tiled else None
         gx = torch.empty_like(xc)
+        muc = (mu - shift).contiguous()
         _cpu_ext.softmax(1, xc.data_ptr(), yT.data_ptr(), _ptr(yn), _ptr(yR), inv.data_ptr(), lse.data_ptr(),
-                         gmu.data_ptr(), g.data_ptr(), gx.data_ptr(), 0, B, N, M, D, inv_bs, _dtype(x), nt)
+                         gmu.data_ptr(), g.data_ptr(), gx.data_ptr(), muc.data_ptr(), B, N, M, D, inv_bs, _dtype(x), nt)
     if need_y:
         xT, gT = _T(xc), _T(g)
         xR, gR = (_R(xc), _R(g)) if tiled else (None, None)

@@ -66,7 +66,8 @@ def sliced_score_matching_loss(
 
     Args:
         score_fn: x: (N, *shape) -> (N, *shape).
-        x: (N, *shape) data samples.
+        x: (N, *shape) data samples. If x requires grad (e.g. a generator's output), the loss is
+            differentiable with respect to it as well; otherwise x is treated as data.
         projection: "gaussian" N(0, I), "rademacher" ±1, or "sphere" (uniform, radius sqrt(dim)).
     Returns a scalar.
     """
@@ -76,7 +77,10 @@ def sliced_score_matching_loss(
     n_projections = int(n_projections)
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
-    x = x.detach().requires_grad_(True)
+    # x keeps its graph when it has one (a generator's output feeding the loss gets its gradient);
+    # otherwise a leaf is made so that the Jacobian-vector products have something to differentiate.
+    if not x.requires_grad:
+        x = x.detach().requires_grad_(True)
     s = _check_output("sliced_score_matching_loss", score_fn(x), x)
     v = _projections(projection, n_projections, x, generator)
     total = s.new_zeros(())
@@ -138,6 +142,8 @@ def denoising_score_matching_loss(
         noise = _checks.tensor("noise", noise)
         if noise.shape != x.shape:
             raise ValueError(f"noise must be shaped like x {tuple(x.shape)}, got {_checks.describe(noise)}")
+        _checks.same_kind([("x", x), ("noise", noise)])
+        _checks.finite("noise", noise)
     sb = sig.view((-1,) + (1,) * (x.dim() - 1))
     s = _check_output("denoising_score_matching_loss", score_fn(x + sb * noise, sig), x)
     err = (s + noise / sb).flatten(1).pow(2).sum(1)

@@ -37,6 +37,23 @@ def _params(generator: nn.Module, params: Optional[Dict[str, Tensor]]) -> Dict[s
     return params
 
 
+def _check_modes(generator: nn.Module) -> None:
+    """BatchNorm in training mode normalises with the batch's statistics and updates its running
+    ones in place on each of the two passes (torch.func refuses the in-place update with a raw
+    message): ask for eval mode instead."""
+    for name, m in generator.named_modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.training:
+            raise ValueError(
+                f"ntk_smooth: the generator's {type(m).__name__} {name or '(the generator itself)'!r} is in training mode "
+                "(batch statistics, running statistics updated on every pass); call generator.eval() first, "
+                "or take the NTK of a copy in eval mode"
+            )
+
+
+def _rng_devices(p: Dict[str, Tensor]):
+    return sorted({t.device for t in p.values() if t.device.type == "cuda"}, key=str)
+
+
 def _fn(generator: nn.Module, z: Tensor):
     buffers = dict(generator.named_buffers())
 
@@ -78,7 +95,14 @@ def ntk_smooth(generator: nn.Module, z: Tensor, field: Tensor, *, params: Option
         raise ValueError(f"z ({_checks.describe(z)}) and field ({_checks.describe(field)}) must be on the device of "
                          f"the generator's parameters ({', '.join(map(str, sorted(devices, key=str)))})")
     _checks.finite("z", z)
+    _check_modes(generator)
     f = _fn(generator, z.detach())
+    # The two passes (vjp, then jvp) must see one network: with Dropout in training mode, the same
+    # masks. Both start from the same random state; afterwards the state is where one forward
+    # pass of the generator leaves it.
+    cuda = _rng_devices(p)
+    cpu_state = torch.get_rng_state()
+    cuda_states = [torch.cuda.get_rng_state(d) for d in cuda]
     out, pullback = vjp(f, p)
     if field.shape != out.shape:
         raise ValueError(f"field must be shaped like the generator output {tuple(out.shape)}, got {_checks.describe(field)}")
@@ -86,6 +110,9 @@ def ntk_smooth(generator: nn.Module, z: Tensor, field: Tensor, *, params: Option
         raise TypeError(f"field must match the generator output's dtype/device ({out.dtype}, {out.device}), got {_checks.describe(field)}")
     _checks.finite("field", field)
     (tangent,) = pullback(field.detach())
+    torch.set_rng_state(cpu_state)
+    for d, st in zip(cuda, cuda_states):
+        torch.cuda.set_rng_state(st, d)
     _, moved = jvp(f, (p,), (tangent,))
     return moved / out.shape[0] if reduction == "mean" else moved
 

@@ -101,7 +101,8 @@ def _kde_fwd(q_ptr, s_ptr, inv_ptr, mu_ptr, lse_ptr, N, M, inv_bs,
 def _kde_bwd_x(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv_bs,
                D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, BN: tl.constexpr,
              BM: tl.constexpr):
-    """grad x_i = Σ_j c_ij y_j / σ², c_ij = p_ij (g_i·y_j − g_i·μ_i)."""
+    """grad x_i = Σ_j c_ij (y_j − μ_i) / σ², c_ij = p_ij (g_i·y_j − g_i·μ_i); μ_i Σ_j c_ij is
+    subtracted at the end (see reference.softmax_mean_backward: it cancels the c_ij's rounding)."""
     b = tl.program_id(1)
     q_ptr += b * N * D
     s_ptr += b * M * D
@@ -113,16 +114,19 @@ def _kde_bwd_x(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv
     c2 = inv * (0.5 * 1.4426950408889634)
     rows, rmask, qt = load_block(q_ptr, tl.program_id(0) * BN, N, D, BD, BN)
     gt = load_rows(g_ptr, rows, rmask, D, BD)
-    gmu = tl.sum(gt * load_rows(mu_ptr, rows, rmask, D, BD), 1)
+    mut = load_rows(mu_ptr, rows, rmask, D, BD)
+    gmu = tl.sum(gt * mut, 1)
     lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     acc = tl.zeros((BN, BD), dtype=ACC)
+    csum = tl.zeros((BN,), dtype=ACC)
     for j0 in range(0, M, BM):
         cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         ell = _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, True, DOT)
         p = tl.where(cmask[None, :], tl.exp2(ell - lse[:, None]), 0.0)
         c = p * (tl.dot(gt, tl.trans(st), input_precision=DOT) - gmu[:, None])
+        csum += tl.sum(c, 1)
         acc += tl.dot(c, st, input_precision=DOT)
-    store_rows(out_ptr, rows, rmask, D, acc * inv, BD)
+    store_rows(out_ptr, rows, rmask, D, (acc - mut * csum[:, None]) * inv, BD)
 
 
 @autotune("D", "BD", "EXACT", "DOT")
