@@ -377,8 +377,6 @@ class _RingSoftmax(torch.autograd.Function):
         need_x, need_y = ctx.needs_input_grad[4:6]
         g = g.contiguous()
         gx = torch.zeros_like(x) if need_x else None
-        inv_s2 = (1.0 / s2).view(-1, 1, 1)
-        gmu = (g * mu).sum(-1)
 
         def grads_of(block):
             yb = block[0]
@@ -388,13 +386,9 @@ class _RingSoftmax(torch.autograd.Function):
             native = (lse + impl.lse_offset(x, yb, s2, c)) * impl.LSE_UNIT
             gxb, b = impl.softmax_mean_backward(x, yb, s2, native, mu, g, (need_x, need_y))
             if gxb is not None:
-                # The backends compute Σ_j c_ij (y_j − ȳ_b)/σ² with their block's mean ȳ_b, which
-                # equals Σ_j c_ij y_j/σ² only over all blocks together (Σ_j c_ij = 0 there). Add
-                # ȳ_b Σ_{j∈b} c_ij/σ² back, with Σ_{j∈b} c_ij = π_b (g·μ_b − g·μ) from the block's
-                # own soft assignment (mass π_b, mean μ_b), recomputed here (one more forward pass).
-                mu_b, lse_b = _block_softmax(impl, x, yb, s2, c)
-                csum = torch.exp(lse_b - lse) * ((g * mu_b).sum(-1) - gmu)
-                gx.add_(gxb + yb.mean(dim=1, keepdim=True) * (csum[..., None] * inv_s2))
+                # The backends compute Σ_{j∈b} c_ij (y_j − μ_i)/σ² with the global μ_i passed in,
+                # so the blocks' results simply add up to the full x gradient.
+                gx.add_(gxb)
             return (gyb if b is None else b,)
 
         if need_y:
