@@ -66,6 +66,17 @@ def require(ok, message: str, error=ValueError) -> None:
         raise error(message)
 
 
+def first_order_only() -> None:
+    """Called at the start of every analytic backward pass: those are tiled reductions, not
+    differentiable graphs, so create_graph=True (double backward) is refused. Under torch.compile
+    the backward is traced with grad mode on, which is not a double backward."""
+    if torch.is_grad_enabled() and not compiling():
+        raise RuntimeError(
+            "gpflow_kernels ops have first derivatives only: double backward (create_graph=True through "
+            "mmd_field, mmd2, kernel_integral, kde_score/kde_denoiser or svgd_field) is not supported"
+        )
+
+
 def no_functorch(op: str) -> None:
     """torch.func transforms (grad, vjp, jacrev, vmap, ...) cannot see through our analytic
     backward passes and fused kernels: say so in one line instead of torch's generic errors."""

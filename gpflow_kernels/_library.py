@@ -29,15 +29,11 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from . import _checks
 from .kernels import fused_code
 
 Tensor = torch.Tensor
 Code = Tuple[int, float, float, float]
-
-_FIRST_ORDER = (
-    "gpflow_kernels ops have first derivatives only: double backward (create_graph=True through mmd_field, "
-    "mmd2, kernel_integral, kde_score/kde_denoiser or svgd_field) is not supported"
-)
 
 
 def _module(backend: str):
@@ -64,14 +60,9 @@ def _fresh(t: Optional[Tensor], inputs: Sequence[Optional[Tensor]]) -> Tensor:
     return t
 
 
-def _none_if_empty(t: Tensor, asked: bool) -> Optional[Tensor]:
+def _asked(t: Tensor, asked: bool) -> Optional[Tensor]:
+    """A backward operator's output as autograd wants it: None where that gradient was not asked."""
     return t if asked else None
-
-
-def _check_first_order() -> None:
-    # Under compile the backward is traced with grad mode on: that is not a double backward.
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        raise RuntimeError(_FIRST_ORDER)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,12 +138,12 @@ def _pair_autograd(op, backward_op):
         ctx.save_for_backward(x, y, w, s2)
 
     def backward(ctx, g):
-        _check_first_order()
+        _checks.first_order_only()
         x, y, w, s2 = ctx.saved_tensors
         nx, ny, nw = ctx.needs_input_grad[:3]
         nw = nw and w is not None
         gx, gy, gw = backward_op(x, y, w, s2, g.contiguous(), *ctx.args, nx, ny, nw)
-        return (_none_if_empty(gx, nx), _none_if_empty(gy, ny), _none_if_empty(gw, nw)) + (None,) * 6
+        return (_asked(gx, nx), _asked(gy, ny), _asked(gw, nw)) + (None,) * 6
 
     op.register_autograd(backward, setup_context=setup_context)
 
@@ -199,13 +190,13 @@ def _softmax_setup(ctx, inputs, output):
 
 def _softmax_backward(ctx, g_mu, g_lse):
     # lse is an auxiliary output (the backward's normaliser): no gradient flows through it.
-    _check_first_order()
+    _checks.first_order_only()
     x, y, s2, lse, mu = ctx.saved_tensors
     nx, ny = ctx.needs_input_grad[:2]
     if g_mu is None:
         g_mu = torch.zeros_like(mu)
     gx, gy = softmax_mean_backward(x, y, s2, lse, mu, g_mu.contiguous(), ctx.backend, nx, ny)
-    return _none_if_empty(gx, nx), _none_if_empty(gy, ny), None, None
+    return _asked(gx, nx), _asked(gy, ny), None, None
 
 
 softmax_mean.register_autograd(_softmax_backward, setup_context=_softmax_setup)
@@ -235,22 +226,24 @@ class _Primitives:
         return integral(x, y, v, s2, *_code(kernel), self.backend)
 
     def integral_backward(self, kernel, x, y, v, s2, g, needs):
+        needs = (needs[0], needs[1], needs[2] and v is not None)
         out = integral_backward(x, y, v, s2, g, *_code(kernel), self.backend, *needs)
-        return tuple(_none_if_empty(t, n and (i != 2 or v is not None)) for i, (t, n) in enumerate(zip(out, needs)))
+        return tuple(map(_asked, out, needs))
 
     def grad_sum(self, kernel, x, y, a, s2):
         return grad_sum(x, y, a, s2, *_code(kernel), self.backend)
 
     def grad_sum_backward(self, kernel, x, y, a, s2, g, needs):
+        needs = (needs[0], needs[1], needs[2] and a is not None)
         out = grad_sum_backward(x, y, a, s2, g, *_code(kernel), self.backend, *needs)
-        return tuple(_none_if_empty(t, n and (i != 2 or a is not None)) for i, (t, n) in enumerate(zip(out, needs)))
+        return tuple(map(_asked, out, needs))
 
     def softmax_mean(self, x, y, s2):
         return softmax_mean(x, y, s2, self.backend)
 
     def softmax_mean_backward(self, x, y, s2, lse, mu, g, needs):
         out = softmax_mean_backward(x, y, s2, lse, mu, g, self.backend, *needs)
-        return tuple(_none_if_empty(t, n) for t, n in zip(out, needs))
+        return tuple(map(_asked, out, needs))
 
 
 def _code(kernel) -> Code:

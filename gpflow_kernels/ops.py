@@ -176,11 +176,7 @@ def _first_order_only(backward):
     """
 
     def wrapped(ctx, g):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "gpflow_kernels ops have first derivatives only: double backward (create_graph=True "
-                "through mmd_field, mmd2, kernel_integral, kde_score/kde_denoiser or svgd_field) is not supported"
-            )
+        _checks.first_order_only()
         return backward(ctx, g)
 
     return wrapped

@@ -24,7 +24,7 @@ def test_sliced_score_matching_keeps_the_graph_of_x():
     z = torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     v = torch.randn(1, 16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
 
-    def loss(theta, keep=True):
+    def loss(theta):
         x = theta * z
         return gk.sliced_score_matching_loss(lambda u: -u, x, generator=torch.Generator().manual_seed(1))
 
