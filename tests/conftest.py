@@ -1,7 +1,17 @@
 import gzip
 import os
 
+# One torch thread per test process (xdist runs one process per core, see the README's test
+# command): two OpenMP threads per process wait on each other whenever anything else holds a
+# core, which once made the suite three times slower on a loaded 2-core machine. Set before torch
+# is imported, so that the subprocesses the tests start (torchrun, the CLI) inherit it too; tests
+# that exercise threading set their own count and restore it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # The Triton kernels are tested on the CPU through Triton's interpreter when there is no GPU.
 # It must be chosen before any @triton.jit function is created, hence here, first.

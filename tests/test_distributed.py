@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# One xdist worker runs this file: the module fixture runs every sharded case in one torchrun job.
+pytestmark = pytest.mark.xdist_group("torchrun")
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "tests" / "dist_cases.py"
 
