@@ -239,6 +239,83 @@ inline T wsum_all(const T* w, const Inner<T>& in, int D, int64_t q0, int nb, T* 
   }
 }
 
+// acc[d] += Σ_q w[q] (o_d − inner_d[q]): a field's weighted sum formed from the differences
+// themselves. As x_i Σ_q w − Σ_q w y_q instead, a heavy close pair (a particle's own term, a near
+// duplicate at a small bandwidth) rounds at |w| |x_i| and wipes out the other terms (issue
+// "numerical trust", item 2; tests/test_accuracy_contract.py). One subtraction more per term.
+template <typename T, int DC>
+inline __attribute__((always_inline)) void wdiff_fixed(const T* w, const T* o, const T* c, int64_t ld, int nb, T* acc) {
+  T a0 = T(0), a1 = T(0), a2 = T(0), a3 = T(0);
+  const T o0 = o[0], o1 = DC > 1 ? o[1] : T(0), o2 = DC > 2 ? o[2] : T(0), o3 = DC > 3 ? o[3] : T(0);
+  const T* c1 = c + (DC > 1 ? ld : 0);
+  const T* c2 = c + (DC > 2 ? 2 * ld : 0);
+  const T* c3 = c + (DC > 3 ? 3 * ld : 0);
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+  for (int q = 0; q < nb; ++q) {
+    const T wq = w[q];
+    a0 += wq * (o0 - c[q]);
+    if constexpr (DC > 1) a1 += wq * (o1 - c1[q]);
+    if constexpr (DC > 2) a2 += wq * (o2 - c2[q]);
+    if constexpr (DC > 3) a3 += wq * (o3 - c3[q]);
+  }
+  acc[0] += a0;
+  if constexpr (DC > 1) acc[1] += a1;
+  if constexpr (DC > 2) acc[2] += a2;
+  if constexpr (DC > 3) acc[3] += a3;
+}
+
+template <typename T>
+inline void wdiff_all(const T* w, const T* o, const Inner<T>& in, int D, int64_t q0, int nb, T* acc) {
+  const T* c = in.pts + q0;
+  switch (D) {
+    case 1: return wdiff_fixed<T, 1>(w, o, c, in.L, nb, acc);
+    case 2: return wdiff_fixed<T, 2>(w, o, c, in.L, nb, acc);
+    case 3: return wdiff_fixed<T, 3>(w, o, c, in.L, nb, acc);
+    case 4: return wdiff_fixed<T, 4>(w, o, c, in.L, nb, acc);
+    default:
+      for (int d = 0; d < D; ++d) {
+        const T* cd = c + d * in.L;
+        const T od = o[d];
+        T s = T(0);
+#pragma omp simd reduction(+ : s)
+        for (int q = 0; q < nb; ++q) s += w[q] * (od - cd[q]);
+        acc[d] += s;
+      }
+  }
+}
+
+// out[q] = g·(o − inner_q) for one g (a row's), from the differences: as g·o − g·inner_q the two
+// dot products of a close pair cancel.
+template <typename T>
+inline void gdiff_row(const T* o, const T* g, const Inner<T>& in, int D, int64_t q0, int nb, T* out) {
+  const T* c = in.pts + q0;
+#pragma omp simd
+  for (int q = 0; q < nb; ++q) out[q] = g[0] * (o[0] - c[q]);
+  for (int d = 1; d < D; ++d) {
+    const T* cd = c + d * in.L;
+    const T od = o[d], gd = g[d];
+#pragma omp simd
+    for (int q = 0; q < nb; ++q) out[q] += gd * (od - cd[q]);
+  }
+}
+
+// out[q] = g_q·(inner_q − o) with g_q the inner points' own (transposed, as gin): a column pass's
+// (x_i − y_j)·g_i for the outer point o = y_j.
+template <typename T>
+inline void gdiff_col(const T* o, const Inner<T>& gin, const Inner<T>& in, int D, int64_t q0, int nb, T* out) {
+  const T* c = in.pts + q0;
+  const T* g = gin.pts + q0;
+#pragma omp simd
+  for (int q = 0; q < nb; ++q) out[q] = g[q] * (c[q] - o[0]);
+  for (int d = 1; d < D; ++d) {
+    const T* cd = c + d * in.L;
+    const T* gd = g + d * gin.L;
+    const T od = o[d];
+#pragma omp simd
+    for (int q = 0; q < nb; ++q) out[q] += gd[q] * (cd[q] - od);
+  }
+}
+
 // The soft assignment's inner loop for a compile-time D <= 4: −r²/(2σ²) and its block maximum in
 // one pass (logits_fixed), then p = exp(ℓ − m) with Σp and Σ p·c_d in another (expsum_fixed).
 template <typename T, int DC>
@@ -384,6 +461,19 @@ inline T dg_and_ga(const T* xg, T* dg, T* k1, int nb, bool ga) {
   return acc;
 }
 
+// k1 ← 2 k1, and Σ_q k1[q] dg[q] where asked (the weights' gradient); dg already holds d·g.
+template <typename T>
+inline T scale_and_ga(const T* dg, T* k1, int nb, bool ga) {
+#pragma omp simd
+  for (int q = 0; q < nb; ++q) k1[q] *= T(2);
+  T acc = T(0);
+  if (ga) {
+#pragma omp simd reduction(+ : acc)
+    for (int q = 0; q < nb; ++q) acc += k1[q] * dg[q];
+  }
+  return acc;
+}
+
 // ---------------------------------------------------------------------------------------------
 // the primitives (shapes as in reference.py; "T" marks a transposed (D, L) or (P, L) array)
 
@@ -444,7 +534,6 @@ void integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
     const T xx = sqnorm(xi, z.D);
     std::vector<T> acc(z.D, T(0));
     T* a = acc.data();
-    T wsum = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
       kernel_block<T, KIND, 1>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
@@ -466,10 +555,10 @@ void integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
 #pragma omp simd
         for (int q = 0; q < nb; ++q) w[q] *= T(2) * k1[q];
       }
-      wsum += wsum_all(w, in, z.D, q0, nb, a);
+      wdiff_all(w, xi, in, z.D, q0, nb, a);
     }
     T* o = gx + (b * z.N + i) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = mul_sub(xi[d], wsum, a[d]);
+    for (int d = 0; d < z.D; ++d) o[d] = a[d];
   });
 }
 
@@ -488,7 +577,6 @@ void integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
     std::vector<T> a(z.D + z.P, T(0));
     T* ay = a.data();
     T* av = a.data() + z.D;
-    T wsum = T(0);
     for (int64_t q0 = 0; q0 < z.N; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.N - q0));
       kernel_block<T, KIND, ORDER>(yj, yy, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
@@ -507,13 +595,13 @@ void integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
           }
 #pragma omp simd
           for (int q = 0; q < nb; ++q) w[q] *= T(2) * k1[q];
-          wsum += wsum_all(w, in, z.D, q0, nb, ay);
+          wdiff_all(w, yj, in, z.D, q0, nb, ay);
         }
       }
     }
     if (gy) {
       T* o = gy + (b * z.M + j) * z.D;
-      for (int d = 0; d < z.D; ++d) o[d] = mul_sub(yj[d], wsum, ay[d]);
+      for (int d = 0; d < z.D; ++d) o[d] = ay[d];
     }
     if (gv) {
       T* o = gv + (b * z.M + j) * z.P;
@@ -533,7 +621,6 @@ void grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
     const T* ab = a ? a + b * z.M : nullptr;
     const T xx = sqnorm(xi, z.D);
     std::vector<T> acc(z.D, T(0));
-    T wsum = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
       kernel_block<T, KIND, 1>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
@@ -545,10 +632,10 @@ void grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
 #pragma omp simd
         for (int q = 0; q < nb; ++q) k1[q] *= T(2);
       }
-      wsum += wsum_all(k1, in, z.D, q0, nb, acc.data());
+      wdiff_all(k1, xi, in, z.D, q0, nb, acc.data());
     }
     T* o = out + (b * z.N + i) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = mul_sub(xi[d], wsum, acc[d]);
+    for (int d = 0; d < z.D; ++d) o[d] = acc[d];
   });
 }
 
@@ -564,26 +651,24 @@ void grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
     const T* ab = a ? a + b * z.M : nullptr;
     const T xx = sqnorm(xi, z.D);
-    T xg = T(0);
-    for (int d = 0; d < z.D; ++d) xg += xi[d] * gi[d];
     std::vector<T> acc(z.D, T(0));
-    T asum = T(0), csum = T(0);
+    T asum = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
       kernel_block<T, KIND, 2>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, k2);
-      dot_block(gi, in, z.D, q0, nb, dg);  // g_i · y_j
+      gdiff_row(xi, gi, in, z.D, q0, nb, dg);  // (x_i − y_j) · g_i
       const T* aq = ab ? ab + q0 : nullptr;
 #pragma omp simd
       for (int q = 0; q < nb; ++q) {
         const T aj = aq ? aq[q] : T(1);
-        k1[q] = T(2) * k1[q] * aj;                // A
-        k2[q] = T(4) * k2[q] * aj * (xg - dg[q]);  // C
+        k1[q] = T(2) * k1[q] * aj;          // A
+        k2[q] = T(4) * k2[q] * aj * dg[q];  // C
       }
       asum += sum_block(k1, nb);
-      csum += wsum_all(k2, in, z.D, q0, nb, acc.data());
+      wdiff_all(k2, xi, in, z.D, q0, nb, acc.data());
     }
     T* o = gx + (b * z.N + i) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = gi[d] * asum + mul_sub(xi[d], csum, acc[d]);
+    for (int d = 0; d < z.D; ++d) o[d] = gi[d] * asum + acc[d];
   });
 }
 
@@ -596,30 +681,29 @@ void grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
     const T* yj = y + (b * z.M + j) * z.D;
     const Inner<T> in{xT + b * z.D * z.Np, xn ? xn + b * z.N : nullptr, z.Np};
     const Inner<T> gin{gT + b * z.D * z.Np, nullptr, z.Np};
-    const T* xg = xgv + b * z.N;  // x_i · g_i
     const T aj = a ? a[b * z.M + j] : T(1);
     const T yy = sqnorm(yj, z.D);
     std::vector<T> acc(2 * z.D, T(0));
-    T* cx = acc.data();       // Σ C_ij x_i
+    T* cy = acc.data();       // Σ C_ij (y_j − x_i)
     T* ag = acc.data() + z.D;  // Σ 2k'_ij g_i
-    T csum = T(0), gasum = T(0);
+    T gasum = T(0);
     for (int64_t q0 = 0; q0 < z.N; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.N - q0));
       kernel_block<T, KIND, ORDER>(yj, yy, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, k2);
-      dot_block(yj, gin, z.D, q0, nb, dg);  // y_j · g_i
-      gasum += dg_and_ga(xg + q0, dg, k1, nb, ga != nullptr);
+      gdiff_col(yj, gin, in, z.D, q0, nb, dg);  // (x_i − y_j) · g_i
+      gasum += scale_and_ga(dg, k1, nb, ga != nullptr);
       if constexpr (ORDER >= 2) {
         if (gy) {
 #pragma omp simd
           for (int q = 0; q < nb; ++q) k2[q] = T(4) * k2[q] * aj * dg[q];
-          csum += wsum_all(k2, in, z.D, q0, nb, cx);
+          wdiff_all(k2, yj, in, z.D, q0, nb, cy);
           wsum_coords(k1, gin, z.D, q0, nb, ag);
         }
       }
     }
     if (gy) {
       T* o = gy + (b * z.M + j) * z.D;
-      for (int d = 0; d < z.D; ++d) o[d] = mul_sub(yj[d], csum, cx[d]) - aj * ag[d];
+      for (int d = 0; d < z.D; ++d) o[d] = cy[d] - aj * ag[d];
     }
     if (ga) ga[b * z.M + j] = gasum;
   });

@@ -84,9 +84,14 @@ def _kernel_args(kernel, s2):
 
 
 def _pairs(kernel, x, y, s2):
-    """The pair primitives' common start: centred x, y, the sizes (B, N, M, D) and the kernel's
-    arguments for the extension (inverse bandwidths and the trailing K, inv_bs, kind, pc, ph, pe)."""
-    x, y, _ = reference.centred(x, y)
+    """The pair primitives' common start: x, y as the extension takes them (centred on the mean of
+    y for the tiled path, D > 8; as given for the row path, whose exact differences centring would
+    round, see reference._prepare), the sizes (B, N, M, D) and the kernel's arguments for the
+    extension (inverse bandwidths and the trailing K, inv_bs, kind, pc, ph, pe)."""
+    if x.shape[-1] > reference.EXACT_MAX_D:
+        x, y, _ = reference.centred(x, y)
+    else:
+        x, y = x.contiguous(), y.contiguous()
     inv, args = _kernel_args(kernel, s2)
     return x, y, (x.shape[0], x.shape[1], y.shape[1], x.shape[2]), inv, args
 

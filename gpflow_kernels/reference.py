@@ -7,13 +7,20 @@ floating dtype (float32 or float64), and never allocates a pair matrix larger th
 
 Geometry. For D <= ``EXACT_MAX_D`` squared distances are summed from exact coordinate
 differences (no cancellation); above it they come from one matrix product,
-r² = |x|² + |y|² − 2 x·y, after both sets are centred on the mean of y. Values of r² below
-the round-off of that formula are snapped to 0, so coincident points stay coincident and the
-singular kernels (laplace, energy) give them zero force instead of a huge spurious one.
+r² = |x|² + |y|² − 2 x·y, after both sets are centred on the mean of y. That formula loses the
+digits of close pairs, so the pairs it puts below ``NEAR``·(|x|² + |y|²) are recomputed from
+their differences: coincident points are exactly coincident (the singular kernels, laplace and
+energy, give them zero force), and every other r² is within about 2 eps/NEAR of the truth.
 
 Reductions. With k' = dk/d(r²) and d_ij = x_i − y_j, ∇_x k(x_i, y_j) = 2 k'_ij d_ij, so every
-field below is a weighted sum Σ_j W_ij (x_i − y_j) = x_i Σ_j W_ij − W @ y, computed with
-matrix products tile by tile.
+field below is a weighted sum Σ_j W_ij (x_i − y_j). Written as x_i Σ_j W_ij − W @ y (one matrix
+product), the rounding of each term scales with |W_ij| (|x_i| + |y_j|) instead of |W_ij d_ij|: a
+heavy close pair (a particle's own term when x_ref = x, near duplicates at a small bandwidth)
+then wipes out the rest of the row. So (``_Geometry.wdiff``) the sums are formed from the
+differences themselves for D <= ``EXACT_MAX_D``, and above it the close pairs (the same ones
+whose r² is recomputed) leave the matrix product and are added from their differences; the
+far pairs left in it have |x_i| + |y_j| <= sqrt(2/NEAR) |d_ij|, so their rounding stays within
+that factor of a dense per-pair sum's.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ TILE_ELEMS = 1 << 18
 COL_TILE = 2048
 #: Up to this dimension, distances are computed from exact differences.
 EXACT_MAX_D = 8
+#: Above EXACT_MAX_D, pairs with r² < NEAR·(|x|² + |y|²) by the matrix-product formula are
+#: recomputed from differences (their r² and their field terms). 1/16: far pairs' terms are
+#: rounded at most sqrt(32) ≈ 5.7 times worse than from differences, and their r² within 32 eps.
+NEAR = 1.0 / 16.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,14 +77,19 @@ def centred(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 class _Geometry:
-    """Per-call geometry: decides exact vs. matmul distances, caches squared norms."""
+    """Per-call geometry: exact vs. matrix-product distances, squared norms, and the close pairs
+    of the tile last passed to :meth:`sqdist` (used by :meth:`wdiff` and :meth:`dot_diff`)."""
 
-    def __init__(self, x: Tensor, y: Tensor):
+    def __init__(self, x: Tensor, y: Tensor, x0: Optional[Tensor] = None, y0: Optional[Tensor] = None):
+        """x, y: the points the tiles come from; x0, y0: the same before centring (their
+        differences are exact where the centred points' are rounded), default x and y."""
         self.exact = x.shape[-1] <= EXACT_MAX_D
+        self.x0 = x if x0 is None else x0
+        self.y0 = y if y0 is None else y0
         if not self.exact:
             self.xx = (x * x).sum(-1)
             self.yy = (y * y).sum(-1)
-            self.tol = 8.0 * torch.finfo(x.dtype).eps
+        self._near = None
 
     def sqdist(self, xt: Tensor, yt: Tensor, bs: slice, rs: slice, cs: slice) -> Tensor:
         """r²: (b, n, m) for x tile (b, n, D) and y tile (b, m, D)."""
@@ -86,11 +102,34 @@ class _Geometry:
         xx = self.xx[bs, rs, None]
         yy = self.yy[bs, None, cs]
         r2 = torch.baddbmm(xx + yy, xt, yt.transpose(1, 2), alpha=-2.0)
-        # Below this level r² is round-off of the expansion, not distance.
-        return r2.masked_fill_(r2 <= self.tol * (xx + yy), 0.0)
+        # The close pairs: their r² is mostly round-off of the expansion. Recomputed exactly.
+        ib, ii, jj = torch.nonzero(r2 < NEAR * (xx + yy), as_tuple=True)
+        diff = self.x0[bs, rs][ib, ii] - self.y0[bs, cs][ib, jj]  # (pairs, D), from the uncentred points
+        r2[ib, ii, jj] = (diff * diff).sum(-1)
+        self._near = (ib, ii, jj, diff)
+        return r2
+
+    def wdiff(self, W: Tensor, xt: Tensor, yt: Tensor, rows: bool = True) -> Tensor:
+        """Σ_j W_ij (x_i − y_j): (b, n, D) for W: (b, n, m); with rows=False, Σ_i W_ij (y_j − x_i):
+        (b, m, D). W is the tile last passed to :meth:`sqdist`; it is not modified."""
+        if self.exact:
+            a, c, dim = (xt[:, :, None, :], yt[:, None, :, :], -1) if rows else (yt[:, None, :, :], xt[:, :, None, :], 1)
+            out = []
+            for d in range(xt.shape[-1]):
+                out.append((W * (a[..., d] - c[..., d])).sum(dim))
+            return torch.stack(out, -1)
+        ib, ii, jj, diff = self._near
+        if ib.numel():
+            wn = W[ib, ii, jj]
+            W = W.index_put((ib, ii, jj), wn.new_zeros(()))
+        out = _weighted_diff_sum(W, xt, yt) if rows else _weighted_diff_sum(W.transpose(1, 2), yt, xt)
+        if ib.numel():
+            out.index_put_((ib, ii if rows else jj), wn[:, None] * (diff if rows else -diff), accumulate=True)
+        return out
 
     def dot_diff(self, xt: Tensor, yt: Tensor, gt: Tensor) -> Tensor:
-        """(x_i − y_j)·g_i: (b, n, m), from exact differences when D is small."""
+        """(x_i − y_j)·g_i: (b, n, m), from exact differences when D is small (and for the close
+        pairs of the last :meth:`sqdist` tile when it is not)."""
         if self.exact:
             out = None
             for d in range(xt.shape[-1]):
@@ -98,7 +137,11 @@ class _Geometry:
                 out = term if out is None else out.add_(term)
             return out
         xg = (xt * gt).sum(-1, keepdim=True)
-        return xg - torch.bmm(gt, yt.transpose(1, 2))
+        out = xg - torch.bmm(gt, yt.transpose(1, 2))
+        ib, ii, jj, diff = self._near
+        if ib.numel():
+            out[ib, ii, jj] = (diff * gt[ib, ii]).sum(-1)
+        return out
 
 
 def _radial(kernel: Kernel, r2: Tensor, s2: Tensor, order: int, bs: slice):
@@ -120,13 +163,25 @@ def _radial(kernel: Kernel, r2: Tensor, s2: Tensor, order: int, bs: slice):
     return out
 
 
+def _prepare(x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, _Geometry]:
+    """The points the tiles are cut from, and their geometry. Exact differences (D <= EXACT_MAX_D)
+    take the points as given: centring would round them, and the difference of two rounded close
+    points can be all rounding. The matrix-product distances take them centred on the mean of y,
+    and the geometry keeps the given points for the close pairs' differences."""
+    if x.shape[-1] <= EXACT_MAX_D:
+        return x, y, _Geometry(x, y)
+    xc, yc = _center(x, y)
+    return xc, yc, _Geometry(xc, yc, x, y)
+
+
 def _backward_setup(x, y, w, needs):
-    """Centred x, y, their geometry, and zeroed gradient buffers for (x, y, w) where needed."""
-    x, y = _center(x, y)
+    """The tiles' points (see _prepare), their geometry, and zeroed gradient buffers for (x, y, w)
+    where needed."""
+    x, y, geo = _prepare(x, y)
     bufs = tuple(
         torch.zeros_like(t) if (need and t is not None) else None for t, need in zip((x, y, w), needs)
     )
-    return x, y, _Geometry(x, y), bufs
+    return x, y, geo, bufs
 
 
 def _weighted_diff_sum(W: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
@@ -140,12 +195,11 @@ def _weighted_diff_sum(W: Tensor, xt: Tensor, yt: Tensor) -> Tensor:
 
 def integral(kernel: Kernel, x: Tensor, y: Tensor, v: Optional[Tensor], s2: Tensor) -> Tensor:
     """Σ_j k(x_i, y_j) v_j: (B, N, P) for v: (B, M, P); v=None sums the kernel, P = 1."""
-    x, y = _center(x, y)
+    x, y, geo = _prepare(x, y)
     B, N, _ = x.shape
     M = y.shape[1]
     P = 1 if v is None else v.shape[-1]
     out = x.new_zeros(B, N, P)
-    geo = _Geometry(x, y)
     for bs, rs, cs in _tiles(B, N, M):
         (K,) = _radial(kernel, geo.sqdist(x[bs, rs], y[bs, cs], bs, rs, cs), s2, 0, bs)
         if v is None:
@@ -173,9 +227,9 @@ def integral_backward(kernel, x, y, v, s2, g, needs) -> Tuple[Optional[Tensor], 
             gvt = gt.sum(-1, keepdim=True) if v is None else torch.bmm(gt, v[bs, cs].transpose(1, 2))
             W = 2.0 * terms[1] * gvt
             if gx is not None:
-                gx[bs, rs] += _weighted_diff_sum(W, xt, yt)
+                gx[bs, rs] += geo.wdiff(W, xt, yt)
             if gy is not None:
-                gy[bs, cs] += _weighted_diff_sum(W.transpose(1, 2), yt, xt)
+                gy[bs, cs] += geo.wdiff(W, xt, yt, rows=False)
     return gx, gy, gv
 
 
@@ -185,16 +239,15 @@ def integral_backward(kernel, x, y, v, s2, g, needs) -> Tuple[Optional[Tensor], 
 
 def grad_sum(kernel: Kernel, x: Tensor, y: Tensor, a: Optional[Tensor], s2: Tensor) -> Tensor:
     """Σ_j a_j ∇_x k(x_i, y_j): (B, N, D); a: (B, M) or None for all ones."""
-    x, y = _center(x, y)
+    x, y, geo = _prepare(x, y)
     B, N, D = x.shape
     M = y.shape[1]
     out = torch.zeros_like(x)
-    geo = _Geometry(x, y)
     for bs, rs, cs in _tiles(B, N, M):
         xt, yt = x[bs, rs], y[bs, cs]
         _, k1 = _radial(kernel, geo.sqdist(xt, yt, bs, rs, cs), s2, 1, bs)
         W = 2.0 * k1 if a is None else (2.0 * k1) * a[bs, None, cs]
-        out[bs, rs] += _weighted_diff_sum(W, xt, yt)
+        out[bs, rs] += geo.wdiff(W, xt, yt)
     return out
 
 
@@ -222,10 +275,9 @@ def grad_sum_backward(kernel, x, y, a, s2, g, needs) -> Tuple[Optional[Tensor], 
             if at is not None:
                 C = C * at
             if gx is not None:
-                gx[bs, rs] += gt * A.sum(-1, keepdim=True) + _weighted_diff_sum(C, xt, yt)
+                gx[bs, rs] += gt * A.sum(-1, keepdim=True) + geo.wdiff(C, xt, yt)
             if gy is not None:
-                At, Ct = A.transpose(1, 2), C.transpose(1, 2)
-                gy[bs, cs] += _weighted_diff_sum(Ct, yt, xt) - torch.bmm(At, gt)
+                gy[bs, cs] += geo.wdiff(C, xt, yt, rows=False) - torch.bmm(A.transpose(1, 2), gt)
     return gx, gy, ga
 
 

@@ -238,6 +238,28 @@ def dot_diff(q_ptr, s_ptr, g_ptr, rows, cols, rmask, cmask, qt, st, gt, D: tl.co
     return out
 
 
+@triton.jit
+def diff_sums(W, q_ptr, s_ptr, rows, cols, rmask, cmask, D: tl.constexpr, BD: tl.constexpr):
+    """Σ_j W_ij (q_i − s_j): (BN, BD), from the coordinate differences (the exact-difference range,
+    D <= EXACT_MAX_D). As q_i Σ_j W_ij − W @ s a heavy close pair (a particle's own term, a near
+    duplicate at a small bandwidth) rounds at |W| |q| and wipes out the other terms of its row."""
+    c = tl.arange(0, BD)[None, :]
+    out = tl.zeros((rows.shape[0], BD), dtype=W.dtype)
+    for d in tl.static_range(D):
+        qd = tl.load(q_ptr + rows * D + d, mask=rmask, other=0.0).to(W.dtype)
+        sd = tl.load(s_ptr + cols * D + d, mask=cmask, other=0.0).to(W.dtype)
+        out = tl.where(c == d, tl.sum(W * (qd[:, None] - sd[None, :]), 1)[:, None], out)
+    return out
+
+
+@triton.jit
+def row_coord(q_ptr, rows, rmask, d: tl.constexpr, D: tl.constexpr, dtype: tl.constexpr):
+    """Coordinate d of the rows: (BN,) (0 where d >= D, for the unused register slots)."""
+    if d < D:
+        return tl.load(q_ptr + rows * D + d, mask=rmask, other=0.0).to(dtype)
+    return tl.zeros(rows.shape, dtype=dtype)
+
+
 #: How a kernel forms its per-row tile sums Σ_j w_ij [s_j, 1] (the SUMS constexpr; see sums_mode).
 SUMS_REDUCE, SUMS_ONES, SUMS_DEFER = 0, 1, 2
 
@@ -251,6 +273,9 @@ def sums_mode(D: int, BD: int, dtype: torch.dtype, dot: str) -> int:
     SUMS_ONES: the same dot with a column of ones in the padding (needs D < BD): 26 ops, no shuffles.
     SUMS_DEFER (D ≤ 3, float32 CUDA-core dots): D + 1 register accumulators of the tile's shape,
     about one FMA per pair and coordinate, reduced across threads once per row block: 14 ops. In
+    the exact-difference range (D ≤ EXACT_MAX_D) mmd_field's sums are now formed from the
+    differences (diff_sums; the numerical-trust fix): 15 ops deferred, 24.5 for both other modes
+    (benchmarks/ptx_count.py, 2026-12-02). In
     the KDE forward, an online softmax per register slot, merged once per row: 15 ops (36.6 with
     SUMS_REDUCE, whose per-tile row maximum also costs 12 shuffles per pair).
     """

@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 
 from ..kernels import fused_code as kernel_code
-from .common import (EXACT_MAX_D, acc_dtype, autotune, column, coordinate_sums, dot_diff, dot_precision, load_block,
-                     load_rows, pow2, radial, slot_tiles, snap_tol, sqdist, store_rows, sums_mode, with_ones)
+from .common import (EXACT_MAX_D, acc_dtype, autotune, column, coordinate_sums, diff_sums, dot_diff, dot_precision, load_block,
+                     load_rows, pow2, radial, row_coord, slot_tiles, snap_tol, sqdist, store_rows, sums_mode, with_ones)
 
 
 
@@ -72,7 +72,9 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
                   BN: tl.constexpr, BM: tl.constexpr):
     """out_i = Σ_j W_ij (q_i − s_j) with W_ij = 2 k'_ij · a_j · (u_i · w_j)  (factors where present).
 
-    a_j: grad_sum's source weights; (u_i · w_j): the integral backward's g_i · v_j.
+    a_j: grad_sum's source weights; (u_i · w_j): the integral backward's g_i · v_j. With EXACT the
+    sums are formed from the differences q_i − s_j (SUMS_DEFER: per register slot; else
+    diff_sums); above it as q_i Σ_j W_ij − W @ s (close pairs there: issue "numerical trust", open).
     """
     b = tl.program_id(1)
     q_ptr += b * N * D
@@ -88,8 +90,10 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
     wsum = tl.zeros((BN,), dtype=ACC)
     wy = tl.zeros((BN, BD), dtype=ACC)
     if SUMS == 2:  # per-pair partial sums kept in registers, reduced once after the loop
-        a0 = tl.zeros((BN, BM), dtype=ACC)
         a1, a2, a3, _ = slot_tiles(BN, BM, ACC)
+        q0 = row_coord(q_ptr, rows, rmask, 0, D, ACC)[:, None]
+        q1 = row_coord(q_ptr, rows, rmask, 1, D, ACC)[:, None]
+        q2 = row_coord(q_ptr, rows, rmask, 2, D, ACC)[:, None]
     for j0 in range(0, M, BM):
         cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT, DOT)
@@ -100,24 +104,27 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
         if HAS_UW:
             W = W * tl.dot(ut, tl.trans(load_rows(w_ptr, cols, cmask, P, BP)), input_precision=DOT)
         W = tl.where(cmask[None, :], W, 0.0)
-        if SUMS == 2:
-            a0 += W
-            a1 += W * tl.load(s_ptr + cols * D, mask=cmask, other=0.0)[None, :]
+        if SUMS == 2:  # EXACT holds here (D <= 3); the differences are sqdist's, reused
+            a1 += W * (q0 - tl.load(s_ptr + cols * D, mask=cmask, other=0.0)[None, :])
             if D > 1:
-                a2 += W * tl.load(s_ptr + cols * D + 1, mask=cmask, other=0.0)[None, :]
+                a2 += W * (q1 - tl.load(s_ptr + cols * D + 1, mask=cmask, other=0.0)[None, :])
             if D > 2:
-                a3 += W * tl.load(s_ptr + cols * D + 2, mask=cmask, other=0.0)[None, :]
+                a3 += W * (q2 - tl.load(s_ptr + cols * D + 2, mask=cmask, other=0.0)[None, :])
+        elif EXACT:
+            wy += diff_sums(W, q_ptr, s_ptr, rows, cols, rmask, cmask, D, BD)
         elif SUMS == 1:  # Σ_j W_ij lands in wy's padding column D
             wy += tl.dot(W, with_ones(st, D, BD), input_precision=DOT)
         else:
             wsum += tl.sum(W, 1)
             wy += tl.dot(W, st, input_precision=DOT)
     if SUMS == 2:
-        wsum = tl.sum(a0, 1)
         wy = coordinate_sums(wy, a1, a2, a3, a1, 1.0, D, BD)
-    if SUMS == 1:
-        wsum = column(wy, D, BD)
-    store_rows(out_ptr, rows, rmask, D, qt * wsum[:, None] - wy, BD)
+    if SUMS == 2 or EXACT:
+        store_rows(out_ptr, rows, rmask, D, wy, BD)
+    else:
+        if SUMS == 1:
+            wsum = column(wy, D, BD)
+        store_rows(out_ptr, rows, rmask, D, qt * wsum[:, None] - wy, BD)
 
 
 @autotune("D", "BD", "EXACT", "KIND", "HAS_A", "G_ON_ROWS", "WANT_A", "DOT", sizes=("N", "M", "K"))
@@ -166,18 +173,23 @@ def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M
                 C = C * at
         A = tl.where(cmask[None, :], A, 0.0)
         C = tl.where(cmask[None, :], C, 0.0)
-        csum += tl.sum(C, 1)
-        cy += tl.dot(C, st, input_precision=DOT)
+        if EXACT:  # Σ_j C_ij (q_i − s_j) from the differences (see diff_sums)
+            cy += diff_sums(C, q_ptr, s_ptr, rows, cols, rmask, cmask, D, BD)
+        else:
+            csum += tl.sum(C, 1)
+            cy += tl.dot(C, st, input_precision=DOT)
         if G_ON_ROWS:
             asum += tl.sum(A, 1)
         else:
             ag += tl.dot(A, gt, input_precision=DOT)
             if WANT_A:
                 gsum += tl.sum(A * dg, 1)
+    if not EXACT:
+        cy = qt * csum[:, None] - cy
     if G_ON_ROWS:
-        store_rows(out_ptr, rows, rmask, D, gq * asum[:, None] + qt * csum[:, None] - cy, BD)
+        store_rows(out_ptr, rows, rmask, D, gq * asum[:, None] + cy, BD)
     else:
-        val = ag + qt * csum[:, None] - cy
+        val = ag + cy
         if HAS_A:
             val = val * tl.load(a_ptr + rows, mask=rmask, other=0.0)[:, None]
         store_rows(out_ptr, rows, rmask, D, -val, BD)
@@ -200,6 +212,10 @@ def _common(kernel, q, s, s2):
 
 
 def _center(x, y):
+    """Centred on the mean of y for the dot-product distances (D > EXACT_MAX_D); as given in the
+    exact-difference range, whose close-pair differences centring would round."""
+    if x.shape[-1] <= EXACT_MAX_D:
+        return x.contiguous(), y.contiguous()
     c = y.mean(dim=1, keepdim=True)
     return (x - c).contiguous(), (y - c).contiguous()
 
