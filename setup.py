@@ -119,12 +119,15 @@ class NinjaBuildExt(build_ext):
         # Two objects of about equal compile time (GPFLOW_CPU_PART in the source), which ninja
         # compiles in parallel.
         objs = [os.path.join(tmp, f"gpflow_cpu_{part}.o") for part in ("a", "b")]
+        # The headers as implicit inputs: without them an edit to cpu_tiles.h alone left the old
+        # objects in place ("ninja: no work to do") and the tests ran the previous kernels.
+        headers = " ".join(os.path.abspath(h) for h in ext.depends)
         with open(os.path.join(tmp, "build_cpu.ninja"), "w") as f:
             f.write(
                 f"rule cxx\n  command = {ext.cxx} {CPU_FLAGS} -march={march} {includes} $defs -c $in -o $out\n"
                 f"rule link\n  command = {ext.cxx} -shared -fopenmp $in -o $out\n"
-                f"build {objs[0]}: cxx {src}\n  defs = -DGPFLOW_CPU_PART=0\n"
-                f"build {objs[1]}: cxx {src}\n  defs = -DGPFLOW_CPU_PART=1\n"
+                f"build {objs[0]}: cxx {src} | {headers}\n  defs = -DGPFLOW_CPU_PART=0\n"
+                f"build {objs[1]}: cxx {src} | {headers}\n  defs = -DGPFLOW_CPU_PART=1\n"
                 f"build {out}: link {' '.join(objs)}\n"
             )
         try:

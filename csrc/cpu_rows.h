@@ -492,6 +492,10 @@ struct Sizes {
   int nt;           // threads
   int64_t Np, Mp;   // padded N and M: the strides of the transposed arrays
   int64_t Dp, Pp;   // padded D and P: the row strides of the padded row-major arrays
+  // The outer and inner points as given, before centring, row-major (·, D): the tiled path takes
+  // its close pairs' differences from them (centring rounds each point, and the difference of two
+  // rounded close points can be all rounding). Required by the tiled path (D > EXACT_MAX_D).
+  uintptr_t outer0 = 0, inner0 = 0;
 };
 
 // out_i[p] = Σ_j k(x_i, y_j) v_j[p]  (v null: P = 1 and v = 1)

@@ -84,16 +84,62 @@ inline void tile_reduce(const T* w, int nb, const T* C, int64_t ldc, int64_t q0,
   }
 }
 
-// r²[q] = |o|² + |c_q|² − 2 o·c_q from the dots, snapped to 0 below its round-off (as sqdist_block).
+// Pairs with r² < NEAR (|o|² + |c|²) by the expansion are close: their r² is recomputed from the
+// differences, and their field terms are taken out of the matrix products (near_terms), as
+// reference.NEAR (issue "numerical trust", items 2 and 3).
 template <typename T>
-inline void tile_r2(T* dr, T oo, const T* nn, int nb) {
-  const T tol = T(8) * std::numeric_limits<T>::epsilon();
-#pragma omp simd
+constexpr T NEAR = T(1) / T(16);
+
+// r²[q] = |o|² + |c_q|² − 2 o·c_q from the dots; the close pairs' r² from the differences of the
+// uncentred points (o0: the outer point, c0: the inner ones row-major (·, D)), their indices
+// listed in idx[0 .. cnt).
+template <typename T>
+inline void tile_r2(T* dr, T oo, const T* nn, int nb, const T* o0, const T* c0, int D, int64_t q0,
+                    uint16_t* idx, int& cnt) {
+  int close = 0;
+#pragma omp simd reduction(+ : close)
   for (int q = 0; q < nb; ++q) {
     const T s = oo + nn[q];
     const T v = s - T(2) * dr[q];
-    dr[q] = v <= tol * s ? T(0) : v;
+    dr[q] = v;
+    close += v < NEAR<T> * s;
   }
+  cnt = 0;
+  if (!close) return;
+  for (int q = 0; q < nb; ++q)
+    if (dr[q] < NEAR<T> * (oo + nn[q])) idx[cnt++] = static_cast<uint16_t>(q);
+  for (int k = 0; k < cnt; ++k) {
+    const T* cq = c0 + (q0 + idx[k]) * D;
+    T r2 = T(0);
+    for (int d = 0; d < D; ++d) {
+      const T diff = o0[d] - cq[d];
+      r2 += diff * diff;
+    }
+    dr[idx[k]] = r2;
+  }
+}
+
+// The close pairs of one row (idx, cnt from tile_r2): ex[d] += w[q] (o_d − c_q[d]) from the
+// differences of the uncentred points (o, and c row-major (·, D)), and w[q] = 0, so that Σ_q w and
+// the matrix product of the rest leave them out.
+template <typename T>
+inline void near_terms(T* w, const uint16_t* idx, int cnt, const T* o, const T* c, int64_t q0, int D, T* ex) {
+  for (int k = 0; k < cnt; ++k) {
+    const int q = idx[k];
+    const T wq = w[q];
+    w[q] = T(0);
+    const T* cq = c + (q0 + q) * D;
+    for (int d = 0; d < D; ++d) ex[d] += wq * (o[d] - cq[d]);
+  }
+}
+
+// g·(o − c_q) for one close pair, from the differences of the uncentred points (c row-major (·, D)).
+template <typename T>
+inline T near_gdiff(const T* g, const T* o, const T* c, int64_t q, int D) {
+  const T* cq = c + q * D;
+  T acc = T(0);
+  for (int d = 0; d < D; ++d) acc += g[d] * (o[d] - cq[d]);
+  return acc;
 }
 
 // Loop over the outer points MR at a time; f(b, i0, mr) with mr the tile's real rows.
@@ -116,16 +162,32 @@ inline void row_ptrs(const T* base, int64_t stride, int64_t i0, int mr, const T*
 template <typename T>
 struct TileBuf {
   alignas(64) T d[MR * JBT], k0[MR * JBT], k1[MR * JBT], k2[MR * JBT], e[MR * JBT];
+  uint16_t near[MR * JBT];  // per row: the close pairs' indices in the block (tile_r2)
+  int nnear[MR];
 };
+
+// The uncentred points of one tile (Sizes::outer0, inner0): the MR outer rows and the inner base.
+template <typename T>
+struct Uncentred {
+  const T* o[MR];
+  const T* c;
+};
+template <typename T>
+inline Uncentred<T> uncentred(const Sizes& z, int64_t b, int64_t L, int64_t Lin, int64_t i0, int mr) {
+  Uncentred<T> u;
+  row_ptrs(reinterpret_cast<const T*>(z.outer0) + b * L * z.D, z.D, i0, mr, u.o);
+  u.c = reinterpret_cast<const T*>(z.inner0) + b * Lin * z.D;
+  return u;
+}
 
 // The common front of every tiled pass: dots of the MR outer points with an inner block, turned
 // into r² and the kernel terms of order ORDER, row by row.
 template <typename T, int KIND, int ORDER>
-inline void tile_kernel(TileBuf<T>& t, const T* const* o, const T* oo, const Inner<T>& in, int D, int64_t q0, int nb,
-                        const T* inv, int K, const Spec& s) {
+inline void tile_kernel(TileBuf<T>& t, const T* const* o, const T* oo, const Inner<T>& in, const Uncentred<T>& u, int D,
+                        int64_t q0, int nb, const T* inv, int K, const Spec& s) {
   tile_dots(o, D, in.pts, in.L, q0, nb, t.d);
   for (int r = 0; r < MR; ++r) {
-    tile_r2(t.d + r * JBT, oo[r], in.nrm + q0, nb);
+    tile_r2(t.d + r * JBT, oo[r], in.nrm + q0, nb, u.o[r], u.c, D, q0, t.near + r * JBT, t.nnear[r]);
     radial_block<T, KIND, ORDER>(t.d + r * JBT, nb, inv, K, s, t.k0 + r * JBT, t.k1 + r * JBT, t.k2 + r * JBT);
   }
 }
@@ -143,12 +205,13 @@ void t_integral_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
     const T* xr[MR];
     T oo[MR];
     row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    const Uncentred<T> u = uncentred<T>(z, b, z.N, z.M, i0, mr);
     norms(xr, z.D, oo);
     const Inner<T> in{yT + b * z.D * z.Mp, yn + b * z.M, z.Mp};
     std::vector<T> acc(MR * z.Pp, T(0));
     for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
-      tile_kernel<T, KIND, 0>(t, xr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      tile_kernel<T, KIND, 0>(t, xr, oo, in, u, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
       if (vR) tile_reduce(t.k0, nb, vR + b * z.M * z.Pp, z.Pp, q0, z.Pp, acc.data());
       else
         for (int r = 0; r < MR; ++r) acc[r * z.Pp] += sum_block(t.k0 + r * JBT, nb);
@@ -166,13 +229,14 @@ void t_integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, co
     const T *xr[MR], *gr[MR];
     T oo[MR], wsum[MR] = {};
     row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    const Uncentred<T> u = uncentred<T>(z, b, z.N, z.M, i0, mr);
     row_ptrs(g + b * z.N * z.P, z.P, i0, mr, gr);
     norms(xr, z.D, oo);
     const Inner<T> in{yT + b * z.D * z.Mp, yn + b * z.M, z.Mp};
-    std::vector<T> acc(MR * z.Dp, T(0));
+    std::vector<T> acc(MR * z.Dp, T(0)), ex(MR * z.D, T(0));
     for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
-      tile_kernel<T, KIND, 1>(t, xr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      tile_kernel<T, KIND, 1>(t, xr, oo, in, u, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
       if (vT) tile_dots(gr, z.P, vT + b * z.P * z.Mp, z.Mp, q0, nb, t.e);  // g_i · v_j
       for (int r = 0; r < MR; ++r) {
         T* w = t.k1 + r * JBT;
@@ -180,12 +244,14 @@ void t_integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, co
         const T g0 = gr[r][0];
 #pragma omp simd
         for (int q = 0; q < nb; ++q) w[q] *= T(2) * (vT ? sv[q] : g0);
+        near_terms(w, t.near + r * JBT, t.nnear[r], u.o[r], u.c, q0, z.D, ex.data() + r * z.D);
         wsum[r] += sum_block(w, nb);
       }
       tile_reduce(t.k1, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
     }
     for (int r = 0; r < mr; ++r)
-      for (int d = 0; d < z.D; ++d) gx[(b * z.N + i0 + r) * z.D + d] = mul_sub(xr[r][d], wsum[r], acc[r * z.Dp + d]);
+      for (int d = 0; d < z.D; ++d)
+        gx[(b * z.N + i0 + r) * z.D + d] = mul_sub(xr[r][d], wsum[r], acc[r * z.Dp + d]) + ex[r * z.D + d];
   });
 }
 
@@ -198,13 +264,14 @@ void t_integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
     const T* vr[MR];
     T oo[MR], wsum[MR] = {};
     row_ptrs(y + b * z.M * z.D, z.D, j0, mr, yr);
+    const Uncentred<T> u = uncentred<T>(z, b, z.M, z.N, j0, mr);
     if (v) row_ptrs(v + b * z.M * z.P, z.P, j0, mr, vr);
     norms(yr, z.D, oo);
     const Inner<T> in{xT + b * z.D * z.Np, xn + b * z.N, z.Np};
-    std::vector<T> ay(gy ? MR * z.Dp : 0, T(0)), av(gv ? MR * z.Pp : 0, T(0));
+    std::vector<T> ay(gy ? MR * z.Dp : 0, T(0)), av(gv ? MR * z.Pp : 0, T(0)), ex(gy ? MR * z.D : 0, T(0));
     for (int64_t q0 = 0; q0 < z.N; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.N - q0));
-      tile_kernel<T, KIND, ORDER>(t, yr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      tile_kernel<T, KIND, ORDER>(t, yr, oo, in, u, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
       if (gv) tile_reduce(t.k0, nb, gR + b * z.N * z.Pp, z.Pp, q0, z.Pp, av.data());
       if constexpr (ORDER >= 1) {
         if (gy) {
@@ -215,6 +282,7 @@ void t_integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
             const T* sv = v ? t.e + r * JBT : g0;
 #pragma omp simd
             for (int q = 0; q < nb; ++q) w[q] *= T(2) * sv[q];
+            near_terms(w, t.near + r * JBT, t.nnear[r], u.o[r], u.c, q0, z.D, ex.data() + r * z.D);
             wsum[r] += sum_block(w, nb);
           }
           tile_reduce(t.k1, nb, xR + b * z.N * z.Dp, z.Dp, q0, z.Dp, ay.data());
@@ -224,7 +292,7 @@ void t_integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
     for (int r = 0; r < mr; ++r) {
       const int64_t j = b * z.M + j0 + r;
       if (gy)
-        for (int d = 0; d < z.D; ++d) gy[j * z.D + d] = mul_sub(yr[r][d], wsum[r], ay[r * z.Dp + d]);
+        for (int d = 0; d < z.D; ++d) gy[j * z.D + d] = mul_sub(yr[r][d], wsum[r], ay[r * z.Dp + d]) + ex[r * z.D + d];
       if (gv)
         for (int p = 0; p < z.P; ++p) gv[j * z.P + p] = av[r * z.Pp + p];
     }
@@ -239,13 +307,14 @@ void t_grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
     const T* xr[MR];
     T oo[MR], wsum[MR] = {};
     row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    const Uncentred<T> u = uncentred<T>(z, b, z.N, z.M, i0, mr);
     norms(xr, z.D, oo);
     const Inner<T> in{yT + b * z.D * z.Mp, yn + b * z.M, z.Mp};
     const T* ab = a ? a + b * z.M : nullptr;
-    std::vector<T> acc(MR * z.Dp, T(0));
+    std::vector<T> acc(MR * z.Dp, T(0)), ex(MR * z.D, T(0));
     for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
-      tile_kernel<T, KIND, 1>(t, xr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      tile_kernel<T, KIND, 1>(t, xr, oo, in, u, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
       for (int r = 0; r < MR; ++r) {
         T* w = t.k1 + r * JBT;
         if (ab) {
@@ -256,12 +325,14 @@ void t_grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
 #pragma omp simd
           for (int q = 0; q < nb; ++q) w[q] *= T(2);
         }
+        near_terms(w, t.near + r * JBT, t.nnear[r], u.o[r], u.c, q0, z.D, ex.data() + r * z.D);
         wsum[r] += sum_block(w, nb);
       }
       tile_reduce(t.k1, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
     }
     for (int r = 0; r < mr; ++r)
-      for (int d = 0; d < z.D; ++d) out[(b * z.N + i0 + r) * z.D + d] = mul_sub(xr[r][d], wsum[r], acc[r * z.Dp + d]);
+      for (int d = 0; d < z.D; ++d)
+        out[(b * z.N + i0 + r) * z.D + d] = mul_sub(xr[r][d], wsum[r], acc[r * z.Dp + d]) + ex[r * z.D + d];
   });
 }
 
@@ -273,6 +344,7 @@ void t_grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, co
     const T *xr[MR], *gr[MR];
     T oo[MR], xg[MR], asum[MR] = {}, csum[MR] = {};
     row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    const Uncentred<T> u = uncentred<T>(z, b, z.N, z.M, i0, mr);
     row_ptrs(g + b * z.N * z.D, z.D, i0, mr, gr);
     norms(xr, z.D, oo);
     for (int r = 0; r < MR; ++r) {
@@ -281,23 +353,32 @@ void t_grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, co
     }
     const Inner<T> in{yT + b * z.D * z.Mp, yn + b * z.M, z.Mp};
     const T* ab = a ? a + b * z.M : nullptr;
-    std::vector<T> acc(MR * z.Dp, T(0));
+    std::vector<T> acc(MR * z.Dp, T(0)), ex(MR * z.D, T(0));
     for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
-      tile_kernel<T, KIND, 2>(t, xr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      tile_kernel<T, KIND, 2>(t, xr, oo, in, u, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
       tile_dots(gr, z.D, in.pts, in.L, q0, nb, t.e);  // g_i · y_j
       for (int r = 0; r < MR; ++r) {
         T* A = t.k1 + r * JBT;
         T* C = t.k2 + r * JBT;
-        const T* dg = t.e + r * JBT;
+        T* dg = t.e + r * JBT;
         const T* aq = ab ? ab + q0 : nullptr;
         const T xgr = xg[r];
+        const uint16_t* idx = t.near + r * JBT;
+        // close pairs: (x_i − y_j)·g_i from the differences, kept in t.d (their r², already
+        // used) and put in place of xgr − dg after the loop (dg = xgr − exact would round again)
+        for (int k = 0; k < t.nnear[r]; ++k) t.d[r * JBT + idx[k]] = near_gdiff(gr[r], u.o[r], u.c, q0 + idx[k], z.D);
 #pragma omp simd
         for (int q = 0; q < nb; ++q) {
           const T aj = aq ? aq[q] : T(1);
           A[q] = T(2) * A[q] * aj;
-          C[q] = T(4) * C[q] * aj * (xgr - dg[q]);
+          C[q] = T(4) * C[q] * aj;
+          dg[q] = xgr - dg[q];
         }
+        for (int k = 0; k < t.nnear[r]; ++k) dg[idx[k]] = t.d[r * JBT + idx[k]];
+#pragma omp simd
+        for (int q = 0; q < nb; ++q) C[q] *= dg[q];
+        near_terms(C, idx, t.nnear[r], u.o[r], u.c, q0, z.D, ex.data() + r * z.D);
         asum[r] += sum_block(A, nb);
         csum[r] += sum_block(C, nb);
       }
@@ -305,7 +386,7 @@ void t_grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, co
     }
     for (int r = 0; r < mr; ++r)
       for (int d = 0; d < z.D; ++d)
-        gx[(b * z.N + i0 + r) * z.D + d] = gr[r][d] * asum[r] + mul_sub(xr[r][d], csum[r], acc[r * z.Dp + d]);
+        gx[(b * z.N + i0 + r) * z.D + d] = gr[r][d] * asum[r] + mul_sub(xr[r][d], csum[r], acc[r * z.Dp + d]) + ex[r * z.D + d];
   });
 }
 
@@ -317,26 +398,39 @@ void t_grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
     const T* yr[MR];
     T oo[MR], aj[MR], csum[MR] = {}, gasum[MR] = {};
     row_ptrs(y + b * z.M * z.D, z.D, j0, mr, yr);
+    const Uncentred<T> u = uncentred<T>(z, b, z.M, z.N, j0, mr);
     norms(yr, z.D, oo);
     for (int r = 0; r < MR; ++r) aj[r] = a ? a[b * z.M + j0 + std::min(r, mr - 1)] : T(1);
     const Inner<T> in{xT + b * z.D * z.Np, xn + b * z.N, z.Np};
     const T* xg = xgv + b * z.N;
-    std::vector<T> cx(gy ? MR * z.Dp : 0, T(0)), ag(gy ? MR * z.Dp : 0, T(0));
+    std::vector<T> cx(gy ? MR * z.Dp : 0, T(0)), ag(gy ? MR * z.Dp : 0, T(0)), ex(gy ? MR * z.D : 0, T(0));
+    const T* gRb = gR + b * z.N * z.Dp;
     for (int64_t q0 = 0; q0 < z.N; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.N - q0));
-      tile_kernel<T, KIND, ORDER>(t, yr, oo, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
+      tile_kernel<T, KIND, ORDER>(t, yr, oo, in, u, z.D, q0, nb, inv + b * z.inv_bs, z.K, s);
       tile_dots(yr, z.D, gT + b * z.D * z.Np, z.Np, q0, nb, t.e);  // y_j · g_i
       const T* xgq = xg + q0;
       for (int r = 0; r < MR; ++r) {
         T* k1 = t.k1 + r * JBT;
         T* k2 = t.k2 + r * JBT;
         T* dg = t.e + r * JBT;
+        const uint16_t* idx = t.near + r * JBT;
         gasum[r] += dg_and_ga(xgq, dg, k1, nb, ga != nullptr);
+        for (int k = 0; k < t.nnear[r]; ++k) {  // close pairs: (x_i − y_j)·g_i from the differences
+          const int q = idx[k];
+          const T* xq = u.c + (q0 + q) * z.D;
+          const T* gq = gRb + (q0 + q) * z.Dp;
+          T exact = T(0);
+          for (int d = 0; d < z.D; ++d) exact += gq[d] * (xq[d] - u.o[r][d]);
+          if (ga) gasum[r] += k1[q] * (exact - dg[q]);
+          dg[q] = exact;
+        }
         if constexpr (ORDER >= 2) {
           if (gy) {
             const T ar = aj[r];
 #pragma omp simd
             for (int q = 0; q < nb; ++q) k2[q] = T(4) * k2[q] * ar * dg[q];
+            near_terms(k2, idx, t.nnear[r], u.o[r], u.c, q0, z.D, ex.data() + r * z.D);
             csum[r] += sum_block(k2, nb);
           }
         }
@@ -352,7 +446,7 @@ void t_grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
       const int64_t j = b * z.M + j0 + r;
       if (gy)
         for (int d = 0; d < z.D; ++d)
-          gy[j * z.D + d] = mul_sub(yr[r][d], csum[r], cx[r * z.Dp + d]) - aj[r] * ag[r * z.Dp + d];
+          gy[j * z.D + d] = mul_sub(yr[r][d], csum[r], cx[r * z.Dp + d]) + ex[r * z.D + d] - aj[r] * ag[r * z.Dp + d];
       if (ga) ga[j] = gasum[r];
     }
   });

@@ -234,6 +234,15 @@ Sizes sizes(int64_t B, int64_t N, int64_t M, int D, int P_, int K, int64_t inv_b
   return Sizes{B, N, M, D, P_, K, inv_bs, nt, padq(N), padq(M), padd(D), padd(P_)};
 }
 
+// The uncentred points (Sizes::outer0, inner0), which the tiled path needs.
+Sizes with_points(Sizes z, uintptr_t outer0, uintptr_t inner0) {
+  if (z.D > EXACT_MAX_D && (!outer0 || !inner0))
+    throw std::invalid_argument("the tiled path (D > 8) needs the uncentred outer and inner points");
+  z.outer0 = outer0;
+  z.inner0 = inner0;
+  return z;
+}
+
 }  // namespace
 }  // namespace gpflow_cpu
 
@@ -243,8 +252,8 @@ PYBIND11_MODULE(_cpu_ext, m) {
   m.doc() = "Fused CPU pair reductions of gpflow_kernels (see csrc/gpflow_cpu.cpp)";
   // Sizes and kernel arguments, in this order, end every binding's argument list.
 #define SIZE_ARGS int64_t B, int64_t N, int64_t M, int D, int Pv, int K, int64_t inv_bs, int kind, double pc, \
-                  double ph, double pe, int dtype, int nt
-#define SIZES sizes(B, N, M, D, Pv, K, inv_bs, nt), Spec{pc, ph, pe, kind == 5}
+                  double ph, double pe, int dtype, int nt, P outer0, P inner0
+#define SIZES with_points(sizes(B, N, M, D, Pv, K, inv_bs, nt), outer0, inner0), Spec{pc, ph, pe, kind == 5}
   m.def("integral", [](P x, P yT, P yn, P vT, P vR, P inv, P out, SIZE_ARGS) {
     by_kind<IntegralOp>(dtype, kind, SIZES, x, yT, yn, vT, vR, inv, out);
   });

@@ -86,14 +86,13 @@ def _kernel_args(kernel, s2):
 def _pairs(kernel, x, y, s2):
     """The pair primitives' common start: x, y as the extension takes them (centred on the mean of
     y for the tiled path, D > 8; as given for the row path, whose exact differences centring would
-    round, see reference._prepare), the sizes (B, N, M, D) and the kernel's arguments for the
+    round, see reference._prepare), the points as given (x0, y0: the tiled path takes its close
+    pairs' differences from them), the sizes (B, N, M, D) and the kernel's arguments for the
     extension (inverse bandwidths and the trailing K, inv_bs, kind, pc, ph, pe)."""
-    if x.shape[-1] > reference.EXACT_MAX_D:
-        x, y, _ = reference.centred(x, y)
-    else:
-        x, y = x.contiguous(), y.contiguous()
+    x0, y0 = x.contiguous(), y.contiguous()
+    x, y = reference.centred(x0, y0)[:2] if x.shape[-1] > reference.EXACT_MAX_D else (x0, y0)
     inv, args = _kernel_args(kernel, s2)
-    return x, y, (x.shape[0], x.shape[1], y.shape[1], x.shape[2]), inv, args
+    return x, y, (x0, y0), (x.shape[0], x.shape[1], y.shape[1], x.shape[2]), inv, args
 
 
 def _empty(*ts) -> bool:
@@ -111,7 +110,7 @@ def _zero_grads(ts, needs):
 def integral(kernel, x, y, v, s2):
     if _empty(x, y):  # no pairs: nothing to sum (a rank's empty shard)
         return x.new_zeros(x.shape[0], x.shape[1], 1 if v is None else v.shape[-1])
-    x, y, (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
+    x, y, (x0, y0), (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
     P = 1 if v is None else v.shape[-1]
     tiled = _tiled(x)
     yT, yn = _T(y), _norms(y)
@@ -119,7 +118,8 @@ def integral(kernel, x, y, v, s2):
     vR = None if v is None or not tiled else _R(v)
     out = x.new_empty(B, N, P)
     _cpu_ext.integral(x.data_ptr(), yT.data_ptr(), _ptr(yn), _ptr(vT), _ptr(vR), inv.data_ptr(), out.data_ptr(),
-                      B, N, M, D, P, K, inv_bs, kind, pc, ph, pe, _dtype(x), torch.get_num_threads())
+                      B, N, M, D, P, K, inv_bs, kind, pc, ph, pe, _dtype(x), torch.get_num_threads(),
+                      x0.data_ptr(), y0.data_ptr())
     return out
 
 
@@ -128,7 +128,7 @@ def integral_backward(kernel, x, y, v, s2, g, needs):
         return _zero_grads((x, y, v), needs)
     need_x, need_y, need_v = needs
     need_v = need_v and v is not None
-    x, y, (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
+    x, y, (x0, y0), (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
     P = 1 if v is None else v.shape[-1]
     g = g.contiguous()
     nt = torch.get_num_threads()
@@ -139,7 +139,8 @@ def integral_backward(kernel, x, y, v, s2, g, needs):
         yR = _R(y) if tiled else None
         gx = torch.empty_like(x)
         _cpu_ext.integral_bwd_x(x.data_ptr(), yT.data_ptr(), _ptr(yn), _ptr(yR), _ptr(vT), g.data_ptr(),
-                                inv.data_ptr(), gx.data_ptr(), B, N, M, D, P, K, inv_bs, kind, pc, ph, pe, _dtype(x), nt)
+                                inv.data_ptr(), gx.data_ptr(), B, N, M, D, P, K, inv_bs, kind, pc, ph, pe, _dtype(x), nt,
+                                x0.data_ptr(), y0.data_ptr())
     if need_y or need_v:
         xT, xn, gT = _T(x), _norms(x), _T(g)
         xR, gR = (_R(x), _R(g)) if tiled else (None, None)
@@ -148,7 +149,7 @@ def integral_backward(kernel, x, y, v, s2, g, needs):
         vc = None if v is None else v.contiguous()
         _cpu_ext.integral_bwd_y(y.data_ptr(), xT.data_ptr(), _ptr(xn), _ptr(xR), _ptr(vc), gT.data_ptr(), _ptr(gR),
                                 inv.data_ptr(), _ptr(gy), _ptr(gv), B, N, M, D, P, K, inv_bs, kind, pc, ph, pe,
-                                _dtype(x), nt)
+                                _dtype(x), nt, y0.data_ptr(), x0.data_ptr())
     return gx, gy, gv
 
 
@@ -159,12 +160,13 @@ def integral_backward(kernel, x, y, v, s2, g, needs):
 def grad_sum(kernel, x, y, a, s2):
     if _empty(x, y):
         return torch.zeros_like(x)
-    x, y, (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
+    x, y, (x0, y0), (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
     yT, yn, yR = _T(y), _norms(y), _R(y) if _tiled(x) else None
     a = None if a is None else a.contiguous()
     out = torch.empty_like(x)
     _cpu_ext.grad_sum(x.data_ptr(), yT.data_ptr(), _ptr(yn), _ptr(yR), _ptr(a), inv.data_ptr(), out.data_ptr(),
-                      B, N, M, D, 1, K, inv_bs, kind, pc, ph, pe, _dtype(x), torch.get_num_threads())
+                      B, N, M, D, 1, K, inv_bs, kind, pc, ph, pe, _dtype(x), torch.get_num_threads(),
+                      x0.data_ptr(), y0.data_ptr())
     return out
 
 
@@ -173,7 +175,7 @@ def grad_sum_backward(kernel, x, y, a, s2, g, needs):
         return _zero_grads((x, y, a), needs)
     need_x, need_y, need_a = needs
     need_a = need_a and a is not None
-    x, y, (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
+    x, y, (x0, y0), (B, N, M, D), inv, (K, inv_bs, kind, pc, ph, pe) = _pairs(kernel, x, y, s2)
     g = g.contiguous()
     a = None if a is None else a.contiguous()
     nt = torch.get_num_threads()
@@ -183,7 +185,8 @@ def grad_sum_backward(kernel, x, y, a, s2, g, needs):
         yT, yn, yR = _T(y), _norms(y), _R(y) if tiled else None
         gx = torch.empty_like(x)
         _cpu_ext.grad_sum_bwd_x(x.data_ptr(), yT.data_ptr(), _ptr(yn), _ptr(yR), _ptr(a), g.data_ptr(),
-                                inv.data_ptr(), gx.data_ptr(), B, N, M, D, 1, K, inv_bs, kind, pc, ph, pe, _dtype(x), nt)
+                                inv.data_ptr(), gx.data_ptr(), B, N, M, D, 1, K, inv_bs, kind, pc, ph, pe, _dtype(x), nt,
+                                x0.data_ptr(), y0.data_ptr())
     if need_y or need_a:
         xT, xn, gT = _T(x), _norms(x), _T(g)
         xR, gR = (_R(x), _R(g)) if tiled else (None, None)
@@ -192,7 +195,7 @@ def grad_sum_backward(kernel, x, y, a, s2, g, needs):
         ga = torch.empty_like(a) if need_a else None
         _cpu_ext.grad_sum_bwd_y(y.data_ptr(), xT.data_ptr(), _ptr(xn), _ptr(xR), _ptr(a), gT.data_ptr(), _ptr(gR),
                                 xg.data_ptr(), inv.data_ptr(), _ptr(gy), _ptr(ga), B, N, M, D, 1, K, inv_bs, kind,
-                                pc, ph, pe, _dtype(x), nt)
+                                pc, ph, pe, _dtype(x), nt, y0.data_ptr(), x0.data_ptr())
     return gx, gy, ga
 
 
