@@ -10,8 +10,9 @@
 #                extension, CUDA-graph capture, the solvers on CUDA
 #   tests        the whole test suite, slow cases included (--run-slow; pytest-xdist with 8
 #                workers where installed)
-#   check        benchmarks/gpu_check.py: accuracy against float64, then median times, pairs/s
-#                and the fraction of the exp ceiling (QUICK=1 for the two smallest sizes only)
+#   check        gpflow check --device cuda (every op x backend x dtype x D against float64,
+#                OUTDIR/gpflow-check.json), then benchmarks/gpu_check.py: accuracy, median times,
+#                pairs/s and the fraction of the exp ceiling (QUICK=1: the small grid / two smallest sizes)
 #   bench        pytest-benchmark: the ops on CUDA and the solvers' *_cuda groups (BENCH_K replaces
 #                its -k selection "gpu or cuda": all 171 cases take more than one call), then the
 #                ratio table (OUTDIR/bench.json, OUTDIR/bench.md)
@@ -113,7 +114,13 @@ for stage in "$@"; do
         # Two torch threads per xdist worker: 8 workers × 2 = the machine's 16 cores.
         gputests) run gputests env OMP_NUM_THREADS=2 $py -m pytest -q -ra "${xdist[@]}" "${gpu_tests[@]}" ;;
         tests) run tests env OMP_NUM_THREADS=2 $py -m pytest -q -ra --run-slow "${xdist[@]}" tests ;;
-        check) run check "${with_keops[@]}" $py benchmarks/gpu_check.py ${QUICK:+--quick} ;;
+        check)
+            # gpflow check first: every op, backend and dtype against float64, one row per case as it
+            # is measured, the JSON written at the end (the issue's gpu-<date>-check.json)
+            # (the quick grid unless FULL_CHECK=1: the full one compiles a Triton kernel per op, kernel,
+            # D and dtype, far more than one device session holds; not yet timed on a GPU)
+            run check $py -m gpflow_kernels check --device cuda $([ -n "${FULL_CHECK:-}" ] || echo --quick) --json "$out/gpflow-check.json"
+            run check "${with_keops[@]}" $py benchmarks/gpu_check.py ${QUICK:+--quick} ;;
         bench)
             run bench "${with_keops[@]}" $py -m pytest -q benchmarks -k "${BENCH_K:-gpu or cuda}" --benchmark-only \
                 --benchmark-json="$out/bench.json" --benchmark-columns=median,iqr,rounds

@@ -260,6 +260,19 @@ def primitives(backend: str) -> _Primitives:
     return _CACHE[backend]
 
 
+def guarded(backend: str) -> _Primitives:
+    """As :func:`primitives`, for ``backend="auto"``: its eager calls fall back to the tiled torch
+    path on a compile or launch failure (``_fallback``); the operators (traced calls) are the same."""
+    from ._fallback import GuardedModule
+
+    key = f"{backend}:auto"
+    if key not in _CACHE:
+        p = _Primitives(backend)
+        p.module = GuardedModule(p.module, backend)
+        _CACHE[key] = p
+    return _CACHE[key]
+
+
 def is_compiled(impl) -> bool:
     return isinstance(impl, _Primitives)
 

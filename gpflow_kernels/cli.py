@@ -6,6 +6,7 @@
     gpflow run METHOD ... --resume                  continue a run from its checkpoint
     gpflow run METHOD ... --overwrite               start over in a folder that holds a run
     gpflow compare --data NAME --out DIR            several methods, one budget, a table
+    gpflow check [--quick] [--device cuda] [--json PATH]   every op and backend against float64
 
 Every argument, option and the output folder are checked before torch is imported (torch takes
 seconds to import), so a mistake is reported at once and before anything is written. Failures are
@@ -78,7 +79,7 @@ def _methods_text() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gpflow", description="GANs, diffusion and gradient flows as particle models: "
                 "train, sample and measure the methods of the three papers on embedded data.")
-    sub = p.add_subparsers(dest="command", metavar="{run,methods,compare}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{run,methods,compare,check}", parser_class=_Parser)
     sub.required = True
     sub.add_parser("methods", help="list the methods, their kind (PM / Int-PM / flow) and options")
 
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
     r.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every this many training steps")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    k = sub.add_parser("check", help="every op on every backend usable here, forward and backward, against the "
+                                     "float64 reference, with a median time; exit 1 on any failure")
+    k.add_argument("--quick", action="store_true", help="a small grid (two kernels, D = 1, 3, 17, 130)")
+    k.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    k.add_argument("--json", default=None, metavar="PATH", help="write every row and the environment to PATH")
+    k.add_argument("--ops", default=None, help="comma-separated ops to check (default: all)")
+    k.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     return p
 
 
@@ -156,6 +164,28 @@ def _checked_compare(args) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
     return names, per
 
 
+#: gpflow check's ops (check.OPS; named here so that --ops is checked before torch is imported)
+CHECK_OPS = ("mmd_field", "mmd2", "kernel_integral", "kde_score", "kde_denoiser", "svgd_field")
+
+
+def _check(args) -> int:
+    """gpflow check: arguments checked before torch is imported; rows printed as they come."""
+    OPS = CHECK_OPS
+    if not _DEVICE.match(args.device):
+        raise RunError(f"--device {args.device!r} is not a device this command runs on; use cpu, cuda or cuda:N")
+    names = None if args.ops is None else [s.strip() for s in args.ops.split(",") if s.strip()]
+    if names is not None and (not names or set(names) - set(OPS)):
+        raise RunError(f"--ops: unknown op(s) {sorted(set(names or []) - set(OPS))}; choose from {', '.join(OPS)}")
+    if args.json is not None:
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(parent):
+            raise RunError(f"--json {args.json}: the folder {parent} does not exist")
+    from .check import run_check
+
+    return run_check(args.device, quick=args.quick, json_path=args.json, ops_filter=names,
+                     out=lambda line: print(line, flush=True))
+
+
 def _fail(code: int, text: str) -> int:
     rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
     if rank is not None and world not in ("", "1"):  # under torchrun: say which rank failed
@@ -174,6 +204,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "methods":
             print(_methods_text())
             return 0
+        if args.command == "check":
+            return _check(args)
         if args.command == "compare":
             names, per_method = _checked_compare(args)
         else:

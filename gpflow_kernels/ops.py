@@ -128,8 +128,8 @@ def _impl(backend: str, x: Tensor, kernel: Optional[Kernel] = None) -> ModuleTyp
         return _cuda_impl(x, kernel)
     mod, err = _triton_module()
     supported = mod is not None and x.shape[-1] <= mod.MAX_D and (kernel is None or _fusable(kernel))
-    if backend == "auto":
-        return _library.primitives("triton") if supported else reference
+    if backend == "auto":  # guarded: a kernel that fails to compile or launch falls back (_fallback)
+        return _library.guarded("triton") if supported else reference
     if mod is None:
         raise ValueError(f"backend='triton' needs the triton package (>= 3.5), which is not usable here: {err}")
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":

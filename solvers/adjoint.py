@@ -103,13 +103,30 @@ class _AdjointSolve(torch.autograd.Function):
 
 def adjoint_options(field, opts: Dict, rtol, atol, adjoint_rtol, adjoint_atol, adjoint_params, max_steps):
     """(the parameters to differentiate, the backward solve's options): ``adjoint_params`` or the
-    field's parameters when it is an ``nn.Module``; adjoint tolerances default to the forward ones."""
+    field's parameters when it is an ``nn.Module``; adjoint tolerances default to the forward ones.
+
+    A field that is not an ``nn.Module`` needs ``adjoint_params``: the adjoint differentiates only
+    the tensors it is given, so a closure over a network (``lambda t, x: net(x)``) would leave the
+    network's gradients silently missing (as torchdiffeq, we refuse instead; ``()`` says "none")."""
     a_rtol = rtol if adjoint_rtol is None else adjoint_rtol
     a_atol = atol if adjoint_atol is None else adjoint_atol
     adaptive.check_tolerances(a_rtol, a_atol, max_steps, what="adjoint_")
-    params = adjoint_params if adjoint_params is not None else (
-        tuple(field.parameters()) if isinstance(field, torch.nn.Module) else ())
-    return tuple(params), dict(opts, rtol=float(a_rtol), atol=float(a_atol), first_step=None)
+    if adjoint_params is None:
+        if not isinstance(field, torch.nn.Module):
+            raise ValueError(
+                f"adjoint=True with a field that is not an nn.Module ({type(field).__name__}) needs adjoint_params=: "
+                "the tensors the field's output depends on (e.g. tuple(net.parameters())), or adjoint_params=() "
+                "if there are none; the adjoint differentiates only those, so others would get no gradient")
+        params = tuple(field.parameters())
+    else:
+        try:
+            params = tuple(adjoint_params)
+        except TypeError:
+            raise TypeError(f"adjoint_params must be an iterable of tensors, got {type(adjoint_params).__name__}") from None
+        bad = [type(p).__name__ for p in params if not isinstance(p, torch.Tensor)]
+        if bad:
+            raise TypeError(f"adjoint_params must hold tensors only, got {', '.join(sorted(set(bad)))}")
+    return params, dict(opts, rtol=float(a_rtol), atol=float(a_atol), first_step=None)
 
 
 def adjoint_solve(func: Callable[[Tensor, State], State], y0: State, ts: Tensor, params: Sequence[Tensor],

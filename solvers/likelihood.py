@@ -128,7 +128,8 @@ def log_prob(
         divergence: "exact" or "hutchinson" (``n_probes`` Rademacher probes, seeded by ``seed``).
         method: "dopri5" or "bosh3", with rtol/atol/max_steps as in ``odeint``.
         adjoint: gradients by the adjoint method (memory independent of the number of steps),
-            for x and ``adjoint_params`` (default: the field's parameters when it is an nn.Module).
+            for x and ``adjoint_params`` (default: the field's parameters when it is an nn.Module; any
+            other field must be given them, ``()`` for none, or it is refused).
     Differentiable in x and the field's parameters either way.
     """
     x = _checks.state(x)

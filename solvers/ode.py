@@ -137,7 +137,8 @@ def odeint(
             reason.
         adjoint: gradients by solving the adjoint ODE backward (:mod:`solvers.adjoint`) with
             ``adjoint_rtol`` / ``adjoint_atol`` (default: the forward ones), for x0, ts and
-            ``adjoint_params`` (default: the field's parameters when it is an ``nn.Module``).
+            ``adjoint_params`` (default: the field's parameters when it is an ``nn.Module``; any other
+            field must be given them, ``()`` for none, or it is refused).
             Without it, gradients flow through the steps to x0 and the field's parameters (the
             step sizes are constants of the graph) but not to ts.
     """

@@ -180,3 +180,32 @@ def test_log_prob_bad_input():
         solvers.log_prob(solvers.EDMFlow(lambda x, s: x), x, torch.tensor([0.0, 1.0]), prior)
     with pytest.raises(ValueError, match="std must be a finite number > 0"):
         solvers.gaussian_log_prob(0.0)
+
+
+# ----- fields that are not modules (issue "runs that survive", item 5) ------------------------
+
+def test_adjoint_refuses_a_closure_without_adjoint_params_and_is_right_with_them():
+    """``lambda t, x: net(x)`` under adjoint=True used to give x0 its gradient and the network none,
+    silently. It is refused; with adjoint_params it matches back-propagation through the steps."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    field = lambda t, x: net(x)
+    x0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    ts = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"not an nn.Module \(function\) needs adjoint_params="):
+        odeint(field, x0, ts, method="dopri5", adjoint=True)
+    with pytest.raises(ValueError, match="needs adjoint_params="):
+        solvers.log_prob(field, x0, ts, solvers.gaussian_log_prob(1.0), adjoint=True)
+    with pytest.raises(TypeError, match="adjoint_params must hold tensors only, got Linear"):
+        odeint(field, x0, ts, method="dopri5", adjoint=True, adjoint_params=[net[0]])
+    params = tuple(net.parameters())
+    w = torch.randn(3, 2, dtype=torch.float64)
+    kw = dict(method="dopri5", rtol=1e-10, atol=1e-10, save="last")
+    adj = torch.autograd.grad((odeint(field, x0, ts, adjoint=True, adjoint_params=params, **kw) * w).sum(), (x0, *params))
+    ref = torch.autograd.grad((odeint(field, x0, ts, **kw) * w).sum(), (x0, *params))
+    for a, b in zip(adj, ref):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+    assert all(float(g.abs().max()) > 0 for g in adj[1:])
+    # a parameter-free closure says so with ()
+    (g,) = torch.autograd.grad(odeint(lambda t, x: -x, x0, ts, adjoint=True, adjoint_params=(), **kw).sum(), x0)
+    torch.testing.assert_close(g, torch.full_like(x0, math.exp(-1.0)), rtol=1e-7, atol=0)

@@ -129,8 +129,12 @@ def _gpflow(args, nproc=None, plots=False):
 
 def test_torchrun_flow_gives_the_single_process_metrics(tmp_path):
     args = ["mmd-flow", "--data", "8gaussians", "--samples", "600", "--set", "sample_steps=40", "--set", "n_data=500"]
-    one = _gpflow(args + ["--out", tmp_path / "one"])
-    two = _gpflow(args + ["--out", tmp_path / "two"], nproc=2, plots=True)  # figures gather every rank's particles
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # side by side; the figures gather every rank's particles
+        jobs = [pool.submit(_gpflow, args + ["--out", tmp_path / "one"]),
+                pool.submit(_gpflow, args + ["--out", tmp_path / "two"], nproc=2, plots=True)]
+        one, two = (j.result() for j in jobs)
     assert one.returncode == 0, one.stderr[-2000:]
     assert two.returncode == 0, two.stderr[-2000:]
     a = json.loads((tmp_path / "one" / "metrics.json").read_text())
@@ -146,10 +150,14 @@ def test_torchrun_flow_gives_the_single_process_metrics(tmp_path):
 def test_torchrun_trained_method_resumes_exactly(tmp_path):
     import torch
 
+    from concurrent.futures import ThreadPoolExecutor
+
     args = ["gan", "--data", "8gaussians", "--samples", "200", "--ckpt-every", "5"]
-    full = _gpflow(args + ["--out", tmp_path / "full", "--set", "steps=12"], nproc=2)
+    with ThreadPoolExecutor(2) as pool:  # the uninterrupted run and the first half side by side
+        jobs = [pool.submit(_gpflow, args + ["--out", tmp_path / out, "--set", f"steps={n}"], nproc=2)
+                for out, n in (("full", 12), ("cut", 6))]
+        full, part = (j.result() for j in jobs)
     assert full.returncode == 0, full.stderr[-2000:]
-    part = _gpflow(args + ["--out", tmp_path / "cut", "--set", "steps=6"], nproc=2)
     assert part.returncode == 0, part.stderr[-2000:]
     res = _gpflow(args + ["--out", tmp_path / "cut", "--set", "steps=12", "--resume"], nproc=2)
     assert res.returncode == 0, res.stderr[-2000:]
