@@ -4,7 +4,7 @@
 - ``embedded.py``: the 2-D sets and scikit-learn's 8×8 digits (nothing is downloaded);
 - ``files.py``: points from ``.npy``/``.npz``/``.pt``/``.csv`` files; ``images.py``: images from
   rank-3/4 arrays and IDX files, and resizing; ``folder.py``: folders of PNG/JPEG files through
-  torchvision (the ``[images]`` extra); ``paths.py`` checks a ``--data`` value without torch;
+  torchvision where it imports (the ``[images]`` extra), else Pillow and torch; ``paths.py`` checks a ``--data`` value without torch;
 - ``stream.py``: files larger than memory, read by row as minibatches are drawn (``stream``).
 
 ``load(name_or_path, seed=...)`` is the one entry point. Contents load on first use (no torch

@@ -130,7 +130,7 @@ def _read_csv(path: Path):
 def load_points(path, *, seed: int = 0, image_size=None, stream: str = "off", stream_subset: int = 10_000) -> Dataset:
     """The (N, D) points in the file ``path``, split into training and held-out rows (see module doc);
     images (rank-3/4 arrays, IDX files) as an image Dataset (``images.py``); a folder of image files
-    through torchvision (``folder.py``), each image resized to ``image_size`` when it is given.
+    through Pillow/torchvision (``folder.py``), each image resized to ``image_size`` when it is given.
     With ``stream`` "on" (or "auto" and a training set too large for memory) the training rows stay
     in the file and are read as they are drawn (``stream.py``; images then resized as they are read)."""
     path = check(str(path))

@@ -14,8 +14,13 @@ resized (shorter side, antialiased bilinear) and centre-cropped by
 ``torchvision.transforms.v2.functional``; without it, all images must share one size. Pixels keep
 their 256 levels (for bits/dim).
 
-torchvision is the optional extra ``[images]``. It is imported only here, on first use, and a
-missing or broken install is one error line saying how to get it.
+torchvision (the optional extra ``[images]``) is used where it imports. Without it (it is not
+installable beside every torch) the same steps run on Pillow and torch alone (``_PilOps``): the
+pixels as PIL decodes them, and the resize as torchvision does it on uint8 tensors (the shorter
+side to N, the longer to int(N · long / short); torch's antialiased bilinear interpolate on the
+float image, rounded and clamped back to uint8; the crop offsets int(round((h − N) / 2)), as
+``center_crop``). Pillow is a dependency of the ``[images]``/``[test]`` extras; a missing Pillow is
+one error line.
 """
 
 from __future__ import annotations
@@ -34,6 +39,55 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".ppm", ".pgm", 
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "F")
 #: Folders with at least this many images are decoded by DataLoader workers.
 WORKERS_FROM = 512
+
+
+class _PilOps:
+    """torchvision.transforms.v2.functional's pil_to_tensor, resize (antialiased bilinear, uint8)
+    and center_crop, on Pillow and torch alone (see the module doc)."""
+
+    @staticmethod
+    def pil_to_tensor(im):
+        import numpy as np
+
+        a = np.asarray(im)
+        a = a[:, :, None] if a.ndim == 2 else a
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
+
+    @staticmethod
+    def resize(img, size: int, antialias: bool = True):
+        h, w = img.shape[-2:]
+        short, long = (h, w) if h <= w else (w, h)
+        new_short, new_long = size, int(size * long / short)
+        nh, nw = (new_short, new_long) if h <= w else (new_long, new_short)
+        if (nh, nw) == (h, w):
+            return img
+        out = torch.nn.functional.interpolate(img[None].float(), size=(nh, nw), mode="bilinear",
+                                              align_corners=False, antialias=antialias)[0]
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    @staticmethod
+    def center_crop(img, output_size):
+        th, tw = output_size
+        h, w = img.shape[-2:]
+        if th > h or tw > w:
+            raise ValueError(f"center_crop to {th}×{tw} of a {h}×{w} image")
+        top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
+        return img[..., top:top + th, left:left + tw]
+
+
+def image_ops():
+    """torchvision.transforms.v2.functional where torchvision imports, else ``_PilOps``; ValueError
+    when Pillow is missing too."""
+    try:
+        return torchvision_modules()[1]
+    except ValueError:
+        pass
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise ValueError("folders of image files need Pillow (pip install pillow), or torchvision: "
+                         "pip install 'gpflow-kernels[images]'") from None
+    return _PilOps
 
 
 def torchvision_modules():
@@ -88,7 +142,7 @@ class _Decoded(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from PIL import Image
 
-        _, TF = torchvision_modules()
+        TF = image_ops()
         path = self.files[i]
         try:
             with Image.open(path) as im:
@@ -108,20 +162,27 @@ def _decode_all(files: List[Path], size: Optional[int]) -> List[torch.Tensor]:
         return [data[i] for i in range(len(files))]
     workers = min(8, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=8)
+    it = iter(loader)
     try:
-        return list(loader)
+        return list(it)
     except Exception as e:  # a worker's ValueError comes back with its traceback in the message: keep our line
         lines = str(e).strip().splitlines() or [repr(e)]
         line = next((ln for ln in reversed(lines) if "cannot be decoded" in ln), lines[-1])
         raise ValueError(line.removeprefix("ValueError: ")) from None
+    finally:
+        # Stop the workers now: left to the garbage collector after an error, their shutdown took
+        # 10 s (measured: a corrupt file among 9 images, 2 workers).
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
 
 
 def usable_images(root: Path, min_rows: int) -> Tuple[List[Path], Optional[List[int]]]:
-    """(files, labels or None) of a folder with at least ``min_rows`` images, torchvision importable."""
+    """(files, labels or None) of a folder with at least ``min_rows`` images, a decoder importable."""
     files, labels, _ = list_images(root)
     if len(files) < min_rows:
         raise ValueError(f"{root} holds {len(files)} image files; at least {min_rows} are needed (2 are held out)")
-    torchvision_modules()
+    image_ops()
     return files, labels
 
 
