@@ -418,10 +418,7 @@ void t_grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
         gasum[r] += dg_and_ga(xgq, dg, k1, nb, ga != nullptr);
         for (int k = 0; k < t.nnear[r]; ++k) {  // close pairs: (x_i − y_j)·g_i from the differences
           const int q = idx[k];
-          const T* xq = u.c + (q0 + q) * z.D;
-          const T* gq = gRb + (q0 + q) * z.Dp;
-          T exact = T(0);
-          for (int d = 0; d < z.D; ++d) exact += gq[d] * (xq[d] - u.o[r][d]);
+          const T exact = -near_gdiff(gRb + (q0 + q) * z.Dp, u.o[r], u.c, q0 + q, z.D);  // g_i·(x_i − y_j)
           if (ga) gasum[r] += k1[q] * (exact - dg[q]);
           dg[q] = exact;
         }

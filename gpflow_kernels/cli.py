@@ -170,12 +170,11 @@ CHECK_OPS = ("mmd_field", "mmd2", "kernel_integral", "kde_score", "kde_denoiser"
 
 def _check(args) -> int:
     """gpflow check: arguments checked before torch is imported; rows printed as they come."""
-    OPS = CHECK_OPS
     if not _DEVICE.match(args.device):
         raise RunError(f"--device {args.device!r} is not a device this command runs on; use cpu, cuda or cuda:N")
     names = None if args.ops is None else [s.strip() for s in args.ops.split(",") if s.strip()]
-    if names is not None and (not names or set(names) - set(OPS)):
-        raise RunError(f"--ops: unknown op(s) {sorted(set(names or []) - set(OPS))}; choose from {', '.join(OPS)}")
+    if names is not None and (not names or set(names) - set(CHECK_OPS)):
+        raise RunError(f"--ops: unknown op(s) {sorted(set(names) - set(CHECK_OPS))}; choose from {', '.join(CHECK_OPS)}")
     if args.json is not None:
         parent = os.path.dirname(os.path.abspath(args.json))
         if not os.path.isdir(parent):

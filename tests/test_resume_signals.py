@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_methods import _same_state, _untimed
+
 # One xdist worker runs this file: its module fixtures start many processes once, for every test.
 pytestmark = pytest.mark.xdist_group("sigint")
 
@@ -73,15 +75,6 @@ def _interrupt_during_training(argv, rng):
     return proc.returncode, "".join(lines) + rest
 
 
-def _comparable(metrics):
-    drop = {"train_seconds", "sample_seconds", "train_points_per_second", "train_images_per_second"}
-    out = {k: v for k, v in metrics.items() if k not in drop}
-    out["history"] = [{k: v for k, v in h.items() if k != "seconds"} for h in metrics["history"]]
-    if "nll" in out:
-        out["nll"] = {k: v for k, v in out["nll"].items() if k != "seconds"}
-    return out
-
-
 def _cycle(method, root):
     """Reference run, interrupted run, resumed run; returns what the test checks."""
     rng = random.Random(f"sigint-{method}")
@@ -114,19 +107,9 @@ def test_sigint_at_a_random_moment_then_resume_is_bit_identical(cycles, method):
     assert res.returncode == 0, res.stderr
     a = json.loads((root / "ref" / "metrics.json").read_text())
     b = json.loads((root / "cut" / "metrics.json").read_text())
-    assert _comparable(a) == _comparable(b)
-    ca = torch.load(root / "ref" / "checkpoint.pt", weights_only=True)
-    cb = torch.load(root / "cut" / "checkpoint.pt", weights_only=True)
-    assert ca["step"] == cb["step"] and ca["state"].keys() == cb["state"].keys()
-    for key in ca["state"]:
-        if key.startswith("module."):
-            for name, t in ca["state"][key].items():
-                assert torch.equal(t, cb["state"][key][name]), (key, name)
-        else:  # optimiser state: step counts and moments
-            for pid, st in ca["state"][key]["state"].items():
-                for name, t in st.items():
-                    assert torch.equal(torch.as_tensor(t), torch.as_tensor(cb["state"][key]["state"][pid][name])), (key, pid, name)
-    assert torch.equal(ca["rng"]["cpu"], cb["rng"]["cpu"])
+    assert _untimed(a) == _untimed(b)
+    # the whole checkpoint, bit for bit: weights, optimiser moments and steps, RNG states, history
+    _same_state(*(_untimed(torch.load(root / w / "checkpoint.pt", weights_only=True)) for w in ("ref", "cut")))
 
 
 def _seconds_to_first_write(out):

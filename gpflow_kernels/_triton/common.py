@@ -252,14 +252,6 @@ def diff_sums(W, q_ptr, s_ptr, rows, cols, rmask, cmask, D: tl.constexpr, BD: tl
     return out
 
 
-@triton.jit
-def row_coord(q_ptr, rows, rmask, d: tl.constexpr, D: tl.constexpr, dtype: tl.constexpr):
-    """Coordinate d of the rows: (BN,) (0 where d >= D, for the unused register slots)."""
-    if d < D:
-        return tl.load(q_ptr + rows * D + d, mask=rmask, other=0.0).to(dtype)
-    return tl.zeros(rows.shape, dtype=dtype)
-
-
 #: How a kernel forms its per-row tile sums Σ_j w_ij [s_j, 1] (the SUMS constexpr; see sums_mode).
 SUMS_REDUCE, SUMS_ONES, SUMS_DEFER = 0, 1, 2
 

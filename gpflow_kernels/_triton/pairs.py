@@ -13,7 +13,7 @@ import triton.language as tl
 
 from ..kernels import fused_code as kernel_code
 from .common import (EXACT_MAX_D, acc_dtype, autotune, column, coordinate_sums, diff_sums, dot_diff, dot_precision, load_block,
-                     load_rows, pow2, radial, row_coord, slot_tiles, snap_tol, sqdist, store_rows, sums_mode, with_ones)
+                     load_rows, pow2, radial, slot_tiles, snap_tol, sqdist, store_rows, sums_mode, with_ones)
 
 
 
@@ -91,9 +91,7 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
     wy = tl.zeros((BN, BD), dtype=ACC)
     if SUMS == 2:  # per-pair partial sums kept in registers, reduced once after the loop
         a1, a2, a3, _ = slot_tiles(BN, BM, ACC)
-        q0 = row_coord(q_ptr, rows, rmask, 0, D, ACC)[:, None]
-        q1 = row_coord(q_ptr, rows, rmask, 1, D, ACC)[:, None]
-        q2 = row_coord(q_ptr, rows, rmask, 2, D, ACC)[:, None]
+        q0, q1, q2 = column(qt, 0, BD)[:, None], column(qt, 1, BD)[:, None], column(qt, 2, BD)[:, None]
     for j0 in range(0, M, BM):
         cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT, DOT)

@@ -32,6 +32,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from .dataset import Dataset
+from .images import image_dataset, resized_hw
 
 #: Image files, as torchvision's ImageFolder lists them (upper or lower case).
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
@@ -56,9 +57,7 @@ class _PilOps:
     @staticmethod
     def resize(img, size: int, antialias: bool = True):
         h, w = img.shape[-2:]
-        short, long = (h, w) if h <= w else (w, h)
-        new_short, new_long = size, int(size * long / short)
-        nh, nw = (new_short, new_long) if h <= w else (new_long, new_short)
+        nh, nw = resized_hw(h, w, size)
         if (nh, nw) == (h, w):
             return img
         out = torch.nn.functional.interpolate(img[None].float(), size=(nh, nw), mode="bilinear",
@@ -188,8 +187,6 @@ def usable_images(root: Path, min_rows: int) -> Tuple[List[Path], Optional[List[
 
 def load_folder(root: Path, seed: int, min_rows: int, image_size: Optional[int] = None) -> Dataset:
     """The images of the folder ``root`` as an image Dataset (see the module docstring)."""
-    from .images import image_dataset
-
     files, labels = usable_images(root, min_rows)
     imgs = _decode_all(files, image_size)
     sizes = {tuple(im.shape[1:]) for im in imgs}

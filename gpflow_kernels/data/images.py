@@ -129,13 +129,18 @@ def image_shape_of(c: int, h: int, w: int):
     return (h, w) if c == 1 else (c, h, w)
 
 
+def resized_hw(h: int, w: int, size: int):
+    """The (height, width) the shorter side scaled to ``size`` gives: the longer side truncated,
+    int(size · long / short), as torchvision computes it."""
+    return (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+
+
 def resize_center_crop(x: Tensor, size: int) -> Tensor:
     """(N, C, H, W) in [−1, 1] -> (N, C, size, size): the shorter side scaled to ``size`` (bilinear,
     antialiased when shrinking, as torchvision's Resize on tensors), then the centre cropped."""
     h, w = x.shape[-2:]
     s = size / min(h, w)
-    # The longer side truncated, int(size · long / short), as torchvision computes it.
-    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
+    nh, nw = resized_hw(h, w, size)
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=s < 1).clamp(-1, 1)
     top, left = (nh - size) // 2, (nw - size) // 2
