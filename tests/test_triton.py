@@ -52,10 +52,11 @@ def truth(*ts):
     return [None if t is None else t.to(torch.float64) for t in ts]
 
 
-# Every dimension in float64 (tight tolerances: any indexing or masking slip shows); float32 at one
-# dimension of each code path (D = 1, the unrolled D = 3, the dot-product paths at 17 and 130),
-# as the interpreter takes about a second a case.
-PAIR_CASES = [(D, torch.float64) for D in DIMS] + [(D, torch.float32) for D in (1, 3, 17, 130)]
+# float64 (tight tolerances: any indexing or masking slip shows) at every dimension but D = 2 (its
+# float64 Triton paths are those of D = 3 without the padding column; D = 2 runs through the public
+# ops below and in test_accuracy_contract.py); float32 at one dimension of each code path (D = 1,
+# the unrolled D = 3, the dot-product paths at 17 and 130): the interpreter takes about a second a case.
+PAIR_CASES = [(D, torch.float64) for D in DIMS if D != 2] + [(D, torch.float32) for D in (1, 3, 17, 130)]
 
 
 @pytest.mark.parametrize("kern", KERNELS, ids=repr)
