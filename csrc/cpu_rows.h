@@ -783,11 +783,14 @@ void softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T
 #pragma omp simd
       for (int q = 0; q < nb; ++q) l[q] = fexp(l[q] - li) * (gy[q] - gm);
       csum += sum_block(l, nb);
-      wsum_coords(l, in, z.D, q0, nb, acc.data());
+      wdiff_all(l, xi, in, z.D, q0, nb, acc.data());  // Σ c_ij (x_i − y_j), from the differences
     }
+    // Σ_j c_ij (y_j − x_i) + (x_i − μ_i) Σ_j c_ij, as reference.softmax_mean_backward: as
+    // Σ c y − μ Σ c a heavy pair carried its c_ij's rounding times |y_j − μ_i| where a dense
+    // formula has |y_j − x_i| (zero for a data point itself).
     T* o = gx + (b * z.N + i) * z.D;
     const T* mi = mu + (b * z.N + i) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = -mul_sub(mi[d], csum, acc[d]) * ib;
+    for (int d = 0; d < z.D; ++d) o[d] = ((xi[d] - mi[d]) * csum - acc[d]) * ib;
   });
 }
 
@@ -807,8 +810,7 @@ void softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const T
     const T* gmb = gmu + b * z.N;
     std::vector<T> acc(2 * z.D, T(0));
     T* pg = acc.data();        // Σ p g_i
-    T* cx = acc.data() + z.D;  // Σ c x_i
-    T csum = T(0);
+    T* cx = acc.data() + z.D;  // Σ c_ij (y_j − x_i), from the differences
     for (int64_t q0 = 0; q0 < z.N; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.N - q0));
       logits_block(yj, yy, in, z.D, q0, nb, ib, static_cast<const T*>(nullptr), ynj, l);
@@ -821,12 +823,11 @@ void softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const T
         l[q] = p;
         c[q] = p * (c[q] - gq[q]);
       }
-      csum += sum_block(c, nb);
       wsum_coords(l, gin, z.D, q0, nb, pg);
-      wsum_coords(c, in, z.D, q0, nb, cx);
+      wdiff_all(c, yj, in, z.D, q0, nb, cx);
     }
     T* o = gyo + (b * z.M + j) * z.D;
-    for (int d = 0; d < z.D; ++d) o[d] = pg[d] - mul_sub(yj[d], csum, cx[d]) * ib;
+    for (int d = 0; d < z.D; ++d) o[d] = pg[d] - cx[d] * ib;
   });
 }
 

@@ -171,6 +171,8 @@ template <typename T>
 struct Uncentred {
   const T* o[MR];
   const T* c;
+  const T* inner = nullptr;  // the inner points transposed (D, ld), for the passes that keep them here
+  int64_t ld = 0;
 };
 template <typename T>
 inline Uncentred<T> uncentred(const Sizes& z, int64_t b, int64_t L, int64_t Lin, int64_t i0, int mr) {
@@ -449,19 +451,43 @@ void t_grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, co
   });
 }
 
-// Flash-form logits (o·c − |c|²/2)/σ² of a tile (the row's own |o|²/2 is dropped, as the reference).
+// The soft assignment's logits −r²/(2σ²) of the MR outer rows against one inner block, r² from
+// the dots with the close pairs recomputed (tile_r2), as the reference: the flash form
+// (o·c − |c|²/2)/σ² rounds each logit at eps |o| |c| / σ² instead of eps r² / σ².
+// The backward passes divide by the forward's normaliser, so every pass must round each logit
+// alike, whichever set is outer: the squared norms of both sets come from the caller (oo from
+// outer_norms), the dots and tile_r2 are symmetric in their two points. (A logit of −5e8, r² = 10
+// at σ = 1e-4, rounded differently by one ulp moved p_ij by e^±60.)
 template <typename T>
-inline void tile_flash(T* l, const T* nn, T ib, int nb) {
+inline void outer_norms(const T* on, int64_t i0, int mr, T* oo) {
+  for (int r = 0; r < MR; ++r) oo[r] = on[i0 + std::min(r, mr - 1)];
+}
+template <typename T>
+inline void soft_logits(TileBuf<T>& t, const T* const* o, const T* oo, const T* nn, const Uncentred<T>& u, int D,
+                        int64_t q0, int nb, T ib) {
+  tile_dots(o, D, u.inner, u.ld, q0, nb, t.d);
+  for (int r = 0; r < MR; ++r) {
+    T* l = t.d + r * JBT;
+    tile_r2(l, oo[r], nn + q0, nb, u.o[r], u.c, D, q0, t.near + r * JBT, t.nnear[r]);
 #pragma omp simd
-  for (int q = 0; q < nb; ++q) l[q] = (l[q] - T(0.5) * nn[q]) * ib;
+    for (int q = 0; q < nb; ++q) l[q] *= T(-0.5) * ib;
+  }
 }
 
+// x: the outer points (centred), yT/yn: the inner ones transposed and their squared norms, yR:
+// row-major; Sizes::outer0/inner0 the same points row-major for the close pairs' differences.
 template <typename T>
-void t_softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T* yR, const T* inv, T* mu, T* lse) {
+void t_softmax_fwd(const Sizes& z, const T* x, const T* xn, const T* yT, const T* yn, const T* yR, const T* inv, T* mu,
+                   T* lse) {
   for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
     TileBuf<T> t;
     const T* xr[MR];
+    T oo[MR];
     row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
+    outer_norms(xn + b * z.N, i0, mr, oo);
+    Uncentred<T> u = uncentred<T>(z, b, z.N, z.M, i0, mr);
+    u.inner = yT + b * z.D * z.Mp;
+    u.ld = z.Mp;
     const T ib = inv[b * z.inv_bs];
     const T* nn = yn + b * z.M;
     T m[MR], tot[MR] = {};
@@ -469,21 +495,17 @@ void t_softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T
     std::vector<T> acc(MR * z.Dp, T(0));
     for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
-      tile_dots(xr, z.D, yT + b * z.D * z.Mp, z.Mp, q0, nb, t.d);
+      soft_logits(t, xr, oo, nn, u, z.D, q0, nb, ib);
       for (int r = 0; r < MR; ++r) {
-        // Weights against the running maximum m in the same pass as the logits; only when the
-        // block holds logits far above m (Σp past 2^20, or the first block, m = −∞) is its own
-        // maximum taken and the pass redone. Any reference ≥ the block's values gives the same
-        // softmax; p ≤ 2^20 keeps Σ p·y far from overflow.
-        T* l = t.d + r * JBT;
+        // Weights against the running maximum m in the same pass; only when the block holds
+        // logits far above m (Σp past 2^20, or the first block, m = −∞) is its own maximum taken
+        // and the pass redone. Any reference ≥ the block's values gives the same softmax;
+        // p ≤ 2^20 keeps Σ p·y far from overflow.
+        const T* l = t.d + r * JBT;
         T* p = t.e + r * JBT;
-        const T* nq = nn + q0;
         const T mo = m[r];
 #pragma omp simd
-        for (int q = 0; q < nb; ++q) {
-          l[q] = (l[q] - T(0.5) * nq[q]) * ib;
-          p[q] = fexp(l[q] - mo);
-        }
+        for (int q = 0; q < nb; ++q) p[q] = fexp(l[q] - mo);
         T s = sum_block(p, nb);
         if (!(s <= T(1 << 20))) {
           const T mn = std::max(mo, block_max(l, nb, -std::numeric_limits<T>::infinity()));
@@ -507,79 +529,104 @@ void t_softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T
   });
 }
 
+// gx_i = [Σ_j c_ij (y_j − x_i) + (x_i − μ_i) Σ_j c_ij] / σ² with c_ij = p_ij (g_i·y_j − g_i·μ_i):
+// the far pairs' part as Σ c y − x Σ c, the close pairs' from their differences (near_terms), as
+// reference.softmax_mean_backward.
 template <typename T>
-void t_softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T* yR, const T* inv, const T* lse,
-                     const T* gmu, const T* g, const T* mu, T* gx) {
+void t_softmax_bwd_x(const Sizes& z, const T* x, const T* xn, const T* yT, const T* yn, const T* yR, const T* inv,
+                     const T* lse, const T* gmu, const T* g, const T* mu, T* gx) {
   for_tiles(z.B, z.N, z.M, z.nt, [&](int64_t b, int64_t i0, int mr) {
     TileBuf<T> t;
     const T *xr[MR], *gr[MR];
+    T oo[MR];
     row_ptrs(x + b * z.N * z.D, z.D, i0, mr, xr);
     row_ptrs(g + b * z.N * z.D, z.D, i0, mr, gr);
+    outer_norms(xn + b * z.N, i0, mr, oo);
+    Uncentred<T> u = uncentred<T>(z, b, z.N, z.M, i0, mr);
+    u.inner = yT + b * z.D * z.Mp;
+    u.ld = z.Mp;
     const T ib = inv[b * z.inv_bs];
     const T* nn = yn + b * z.M;
-    std::vector<T> acc(MR * z.Dp, T(0));
-    T csum[MR] = {};
+    std::vector<T> acc(MR * z.Dp, T(0)), ex(MR * z.D, T(0));
+    T call[MR] = {}, cfar[MR] = {};
     for (int64_t q0 = 0; q0 < z.M; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.M - q0));
-      tile_dots(xr, z.D, yT + b * z.D * z.Mp, z.Mp, q0, nb, t.d);
+      soft_logits(t, xr, oo, nn, u, z.D, q0, nb, ib);
       tile_dots(gr, z.D, yT + b * z.D * z.Mp, z.Mp, q0, nb, t.e);  // g_i · y_j
       for (int r = 0; r < MR; ++r) {
         T* l = t.d + r * JBT;
         const T* gyq = t.e + r * JBT;
         const int64_t i = b * z.N + i0 + std::min(r, mr - 1);
         const T li = lse[i], gm = gmu[i];
-        tile_flash(l, nn + q0, ib, nb);
 #pragma omp simd
         for (int q = 0; q < nb; ++q) l[q] = fexp(l[q] - li) * (gyq[q] - gm);
-        csum[r] += sum_block(l, nb);
+        const T s = sum_block(l, nb);
+        call[r] += s;
+        if (t.nnear[r]) {
+          near_terms(l, t.near + r * JBT, t.nnear[r], u.o[r], u.c, q0, z.D, ex.data() + r * z.D);
+          cfar[r] += sum_block(l, nb);
+        } else {
+          cfar[r] += s;
+        }
       }
       tile_reduce(t.d, nb, yR + b * z.M * z.Dp, z.Dp, q0, z.Dp, acc.data());
     }
-    // minus μ_i Σ_j c_ij: see softmax_bwd_x (cpu_rows.h).
     for (int r = 0; r < mr; ++r) {
       const T* mi = mu + (b * z.N + i0 + r) * z.D;
-      for (int d = 0; d < z.D; ++d)
-        gx[(b * z.N + i0 + r) * z.D + d] = -mul_sub(mi[d], csum[r], acc[r * z.Dp + d]) * ib;
+      for (int d = 0; d < z.D; ++d) {
+        const T far = -mul_sub(xr[r][d], cfar[r], acc[r * z.Dp + d]);  // Σ_far c (y − x)
+        gx[(b * z.N + i0 + r) * z.D + d] = (far - ex[r * z.D + d] + (xr[r][d] - mi[d]) * call[r]) * ib;
+      }
     }
   });
 }
 
+// gy_j = Σ_i p_ij g_i + Σ_i c_ij (x_i − y_j) / σ²: y the outer points, x the inner ones (xT, xn: their
+// squared norms, xR), the close pairs' part from their differences.
 template <typename T>
-void t_softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const T* xR, const T* inv, const T* lse,
-                     const T* gmu, const T* gT, const T* gR, T* gyo) {
+void t_softmax_bwd_y(const Sizes& z, const T* y, const T* yn, const T* xT, const T* xn, const T* xR, const T* inv,
+                     const T* lse, const T* gmu, const T* gT, const T* gR, T* gyo) {
   for_tiles(z.B, z.M, z.N, z.nt, [&](int64_t b, int64_t j0, int mr) {
     TileBuf<T> t;
     const T* yr[MR];
+    T oo[MR];
     row_ptrs(y + b * z.M * z.D, z.D, j0, mr, yr);
+    outer_norms(yn + b * z.M, j0, mr, oo);
+    Uncentred<T> u = uncentred<T>(z, b, z.M, z.N, j0, mr);
+    u.inner = xT + b * z.D * z.Np;
+    u.ld = z.Np;
     const T ib = inv[b * z.inv_bs];
     const T* lb = lse + b * z.N;
     const T* gmb = gmu + b * z.N;
-    T csum[MR] = {};
-    std::vector<T> pg(MR * z.Dp, T(0)), cx(MR * z.Dp, T(0));
+    const T* nn = xn + b * z.N;
+    T cfar[MR] = {};
+    std::vector<T> pg(MR * z.Dp, T(0)), cx(MR * z.Dp, T(0)), ex(MR * z.D, T(0));
     for (int64_t q0 = 0; q0 < z.N; q0 += JBT) {
       const int nb = static_cast<int>(std::min<int64_t>(JBT, z.N - q0));
-      tile_dots(yr, z.D, xT + b * z.D * z.Np, z.Np, q0, nb, t.d);
+      soft_logits(t, yr, oo, nn, u, z.D, q0, nb, ib);
       tile_dots(yr, z.D, gT + b * z.D * z.Np, z.Np, q0, nb, t.e);  // y_j · g_i
       for (int r = 0; r < MR; ++r) {
         T* l = t.d + r * JBT;
         T* c = t.e + r * JBT;
-        const T ynj = yn[b * z.M + j0 + std::min(r, mr - 1)];
         const T* lq = lb + q0;
         const T* gq = gmb + q0;
 #pragma omp simd
         for (int q = 0; q < nb; ++q) {
-          const T p = fexp((l[q] - T(0.5) * ynj) * ib - lq[q]);
+          const T p = fexp(l[q] - lq[q]);
           l[q] = p;
           c[q] = p * (c[q] - gq[q]);
         }
-        csum[r] += sum_block(c, nb);
+        // ex += c (y_j − x_i) for the close pairs, which leave c
+        near_terms(c, t.near + r * JBT, t.nnear[r], u.o[r], u.c, q0, z.D, ex.data() + r * z.D);
+        cfar[r] += sum_block(c, nb);
       }
       tile_reduce(t.d, nb, gR + b * z.N * z.Dp, z.Dp, q0, z.Dp, pg.data());
       tile_reduce(t.e, nb, xR + b * z.N * z.Dp, z.Dp, q0, z.Dp, cx.data());
     }
     for (int r = 0; r < mr; ++r)
       for (int d = 0; d < z.D; ++d)
-        gyo[(b * z.M + j0 + r) * z.D + d] = pg[r * z.Dp + d] - mul_sub(yr[r][d], csum[r], cx[r * z.Dp + d]) * ib;
+        gyo[(b * z.M + j0 + r) * z.D + d] =
+            pg[r * z.Dp + d] - (mul_sub(yr[r][d], cfar[r], cx[r * z.Dp + d]) + ex[r * z.D + d]) * ib;
   });
 }
 

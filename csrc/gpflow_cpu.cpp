@@ -18,8 +18,8 @@
 // std::pow/std::log (scalar, correct, slower).
 //
 // Distances: exact differences for D <= EXACT_MAX_D (8, as the reference), above that
-// |x|² + |y|² − 2 x·y on the centred points with round-off-sized values snapped to 0 (as the
-// reference), and the KDE logits in the reference's flash form (−|y|²/2 + x·y)/σ² there.
+// |x|² + |y|² − 2 x·y on the centred points with the close pairs recomputed from their
+// differences (as the reference), the KDE logits −r²/(2σ²) from the same r².
 
 #include <pybind11/pybind11.h>
 
@@ -150,24 +150,25 @@ void GradSumBwdYOp<T, KIND>::run(Sizes z, Spec s, P y, P xT, P xn, P xR, P a, P 
 }
 
 // which 0: forward (x, yT, yn, yR, inv, mu, lse); 1: x gradient (x, yT, yn, yR, inv, lse, gmu, g, gx, mu);
-// 2: y gradient (y, xT, yn, xR, inv, lse, gmu, gT, gR, gy).
+// 2: y gradient (y, xT, xn, xR, inv, lse, gmu, gT, gR, gy). The squared norms (tiled path only) are
+// the inner points' (a2) and the outer points' (on), both from the caller (see t_softmax_fwd).
 template <typename T>
-void softmax_dispatch(int which, Sizes z, P a0, P a1, P a2, P a3, P a4, P a5, P a6, P a7, P a8, P a9) {
+void softmax_dispatch(int which, Sizes z, P a0, P a1, P a2, P a3, P a4, P a5, P a6, P a7, P a8, P a9, P on) {
   const bool tiled = z.D > EXACT_MAX_D;
   if (which == 0) {
-    if (tiled) t_softmax_fwd<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a3), cp<T>(a4), mp<T>(a5), mp<T>(a6));
+    if (tiled) t_softmax_fwd<T>(z, cp<T>(a0), cp<T>(on), cp<T>(a1), cp<T>(a2), cp<T>(a3), cp<T>(a4), mp<T>(a5), mp<T>(a6));
     else softmax_fwd<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a4), mp<T>(a5), mp<T>(a6));
   } else if (which == 1) {
     if (tiled)
-      t_softmax_bwd_x<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a3), cp<T>(a4), cp<T>(a5), cp<T>(a6), cp<T>(a7),
-                         cp<T>(a9), mp<T>(a8));
+      t_softmax_bwd_x<T>(z, cp<T>(a0), cp<T>(on), cp<T>(a1), cp<T>(a2), cp<T>(a3), cp<T>(a4), cp<T>(a5), cp<T>(a6),
+                         cp<T>(a7), cp<T>(a9), mp<T>(a8));
     else
       softmax_bwd_x<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a4), cp<T>(a5), cp<T>(a6), cp<T>(a7), cp<T>(a9),
                        mp<T>(a8));
   } else {
     if (tiled)
-      t_softmax_bwd_y<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a3), cp<T>(a4), cp<T>(a5), cp<T>(a6), cp<T>(a7),
-                         cp<T>(a8), mp<T>(a9));
+      t_softmax_bwd_y<T>(z, cp<T>(a0), cp<T>(on), cp<T>(a1), cp<T>(a2), cp<T>(a3), cp<T>(a4), cp<T>(a5), cp<T>(a6),
+                         cp<T>(a7), cp<T>(a8), mp<T>(a9));
     else
       softmax_bwd_y<T>(z, cp<T>(a0), cp<T>(a1), cp<T>(a2), cp<T>(a4), cp<T>(a5), cp<T>(a6), cp<T>(a7), mp<T>(a9));
   }
@@ -198,7 +199,7 @@ void softmax_dispatch(int which, Sizes z, P a0, P a1, P a2, P a3, P a4, P a5, P 
   GPFLOW_OPS(PRE, float, 4)                                                                                   \
   PRE template void gpflow_cpu::softmax_dispatch<double>(int, gpflow_cpu::Sizes, uintptr_t, uintptr_t, uintptr_t, \
                                                          uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t,    \
-                                                         uintptr_t, uintptr_t);
+                                                         uintptr_t, uintptr_t, uintptr_t);
 #if GPFLOW_CPU_PART == 0
 GPFLOW_SECOND_HALF(extern)
 #elif GPFLOW_CPU_PART == 1
@@ -275,14 +276,15 @@ PYBIND11_MODULE(_cpu_ext, m) {
 #undef SIZE_ARGS
 #undef SIZES
   // which: see softmax_dispatch.
-  m.def("softmax", [](int which, P a0, P a1, P a2, P a3, P a4, P a5, P a6, P a7, P a8, P a9, int64_t B, int64_t N,
-                      int64_t M, int D, int64_t inv_bs, int dtype, int nt) {
+  m.def("softmax", [](int which, P a0, P a1, P a2, P a3, P a4, P a5, P a6, P a7, P a8, P a9, P on, int64_t B,
+                      int64_t N, int64_t M, int D, int64_t inv_bs, int dtype, int nt, P outer0, P inner0) {
     if (dtype != 0 && dtype != 1) throw std::invalid_argument("dtype code must be 0 (float32) or 1 (float64)");
     if (which < 0 || which > 2) throw std::invalid_argument("which must be 0, 1 or 2");
-    const Sizes z = sizes(B, N, M, D, 1, 1, inv_bs, nt);
+    const Sizes z = with_points(sizes(B, N, M, D, 1, 1, inv_bs, nt), outer0, inner0);
     py::gil_scoped_release nogil;
-    if (dtype == 0) softmax_dispatch<float>(which, z, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9);
-    else softmax_dispatch<double>(which, z, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9);
+    if (D > EXACT_MAX_D && !on) throw std::invalid_argument("the tiled path (D > 8) needs the outer points' squared norms");
+    if (dtype == 0) softmax_dispatch<float>(which, z, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, on);
+    else softmax_dispatch<double>(which, z, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, on);
   });
   m.def("fexp", [](double x, int dtype) { return dtype == 0 ? double(fexp(float(x))) : fexp(x); },
         "our vectorisable exp on one number (for tests)");

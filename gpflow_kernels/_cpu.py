@@ -7,7 +7,7 @@ of each pass transposed, (B, D, L padded), and calls one loop over the outer poi
 copy torch loaded, which is why torch is imported first). Backward passes are a row pass (x
 gradients) and a column pass (y and weight gradients), each recomputing the kernel values instead
 of storing an N×M array, so extra memory stays O(N + M). The log-sum-exp of the soft assignment is in the reference's
-convention (exact logits for D <= 8, the flash form above), so ``lse_offset`` is the reference's.
+convention (exact logits −r²/(2σ²) in every D).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ except ImportError as e:  # not built (no C++ compiler at install time) or not l
     IMPORT_ERROR = e
 
 LSE_UNIT = reference.LSE_UNIT
-lse_offset = reference.lse_offset
 #: No limit on D (above reference.EXACT_MAX_D, distances come from the dot-product expansion).
 MAX_D = 1 << 30
 
@@ -212,14 +211,18 @@ def softmax_mean(x, y, s2):
     if _empty(x, y):
         return reference.softmax_mean(x, y, s2)
     xc, yc, shift = reference.centred(x, y)
+    x0, y0 = x.contiguous(), y.contiguous()  # the close pairs' differences (tiled path)
     B, N, D = xc.shape
     M = yc.shape[1]
     inv, inv_bs = _inv1(s2)
     yT, yn, yR = _T(yc), _norms(yc), _R(yc) if _tiled(x) else None
+    xn = _norms(xc)  # held here: the extension gets only its pointer
     mu = torch.empty_like(xc)
     lse = xc.new_empty(B, N)
+    # both sets' squared norms from here, in every pass alike (see csrc/cpu_tiles.h, soft_logits)
     _cpu_ext.softmax(0, xc.data_ptr(), yT.data_ptr(), _ptr(yn), _ptr(yR), inv.data_ptr(), mu.data_ptr(),
-                     lse.data_ptr(), 0, 0, 0, B, N, M, D, inv_bs, _dtype(x), torch.get_num_threads())
+                     lse.data_ptr(), 0, 0, 0, _ptr(xn), B, N, M, D, inv_bs, _dtype(x), torch.get_num_threads(),
+                     x0.data_ptr(), y0.data_ptr())
     return mu + shift, lse
 
 
@@ -228,26 +231,31 @@ def softmax_mean_backward(x, y, s2, lse, mu, g, needs):
         return reference.softmax_mean_backward(x, y, s2, lse, mu, g, needs)
     need_x, need_y = needs
     xc, yc, shift = reference.centred(x, y)
+    x0, y0 = x.contiguous(), y.contiguous()  # the close pairs' differences (tiled path)
     B, N, D = xc.shape
     M = yc.shape[1]
     inv, inv_bs = _inv1(s2)
     g = g.contiguous()
     lse = lse.contiguous()
     gmu = (g * (mu - shift)).sum(-1).contiguous()
-    yn = _norms(yc)
     tiled = _tiled(x)
     nt = torch.get_num_threads()
+    xn, yn = _norms(xc), _norms(yc)
     gx = gy = None
     if need_x:
         yT, yR = _T(yc), _R(yc) if tiled else None
         gx = torch.empty_like(xc)
         muc = (mu - shift).contiguous()
         _cpu_ext.softmax(1, xc.data_ptr(), yT.data_ptr(), _ptr(yn), _ptr(yR), inv.data_ptr(), lse.data_ptr(),
-                         gmu.data_ptr(), g.data_ptr(), gx.data_ptr(), muc.data_ptr(), B, N, M, D, inv_bs, _dtype(x), nt)
+                         gmu.data_ptr(), g.data_ptr(), gx.data_ptr(), muc.data_ptr(), _ptr(xn), B, N, M, D, inv_bs,
+                         _dtype(x), nt,
+                         x0.data_ptr(), y0.data_ptr())
     if need_y:
         xT, gT = _T(xc), _T(g)
         xR, gR = (_R(xc), _R(g)) if tiled else (None, None)
         gy = torch.empty_like(yc)
-        _cpu_ext.softmax(2, yc.data_ptr(), xT.data_ptr(), _ptr(yn), _ptr(xR), inv.data_ptr(), lse.data_ptr(),
-                         gmu.data_ptr(), gT.data_ptr(), _ptr(gR), gy.data_ptr(), B, N, M, D, inv_bs, _dtype(x), nt)
+        _cpu_ext.softmax(2, yc.data_ptr(), xT.data_ptr(), _ptr(xn), _ptr(xR), inv.data_ptr(), lse.data_ptr(),
+                         gmu.data_ptr(), gT.data_ptr(), _ptr(gR), gy.data_ptr(), _ptr(yn), B, N, M, D, inv_bs,
+                         _dtype(x), nt,
+                         y0.data_ptr(), x0.data_ptr())
     return gx, gy

@@ -97,4 +97,3 @@ def grad_sum_backward(*args):
 softmax_mean_backward = reference.softmax_mean_backward
 # The extension's lse is the reference's convention (exact logits, natural log; D <= 8 only).
 LSE_UNIT = reference.LSE_UNIT
-lse_offset = reference.lse_offset

@@ -209,7 +209,7 @@ softmax_mean.register_autograd(_softmax_backward, setup_context=_softmax_setup)
 class _Primitives:
     """A compiled backend's primitive contract, each primitive one custom operator.
 
-    Non-primitive names (``LSE_UNIT``, ``lse_offset``, ``MAX_D``, ...) are the backend module's.
+    Non-primitive names (``LSE_UNIT``, ``MAX_D``, ...) are the backend module's.
     """
 
     def __init__(self, backend: str):

@@ -11,8 +11,11 @@ of any tile) and batched. One row is printed per case as soon as it is known; ``
 writes every row and the environment (written whole at the end, through a temporary file).
 
 The budgets are the backends' agreement with the reference on benign data (points spread at unit
-scale, σ ≈ 0.7·sqrt(D)); the accuracy contract on hard cases (close pairs, small bandwidths) is
-tests/test_accuracy_contract.py (README, "Accuracy contract").
+scale, σ ≈ 0.7·sqrt(D)). Then the accuracy contract's hard cases (gpflow_kernels.accuracy: self
+pairs at small bandwidths, close pairs on offset data, the soft assignment on tight clusters) on
+every backend here, against dense float64 oracles with the contract's per-row budget: rows named
+``contract/<case>``, whose error column is the worst row's error as a fraction of its budget (pass:
+at most 1). The same cases run in CI on the CPU backends (tests/test_accuracy_contract.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from . import ops
+from . import accuracy, ops
 from .kernels import KERNELS
 
 BUDGET = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2}
@@ -138,6 +141,26 @@ def cases(device: torch.device, quick: bool, ops_filter: Optional[Sequence[str]]
                         yield name, kern, D, dt, be
 
 
+def _contract(dev: torch.device, quick: bool, rows: List[Dict[str, Any]], out: Callable[[str], None]) -> None:
+    """The accuracy contract's hard cases on every backend usable here, one row each."""
+    for case, kern, D, dt, run in accuracy.hard_cases(quick):
+        for be in backends(dev, D):
+            row = {"op": f"contract/{case}", "kernel": kern, "D": D, "dtype": str(dt).replace("torch.", ""),
+                   "backend": be, "budget": 1.0, "median_ms": None, "pairs_per_s": None}
+            try:
+                frac = run(be, dev)
+                row.update(rel_err=frac, ok=bool(frac <= 1.0))
+            except accuracy.ContractError as e:
+                row.update(rel_err=None, ok=False, error=str(e)[:300])
+            except Exception as e:  # a kernel that fails to compile or launch
+                row.update(rel_err=None, ok=False,
+                           error=f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}")
+            rows.append(row)
+            err_txt = "-" if row["rel_err"] is None else f"{row['rel_err']:.2e}"
+            out(f"| contract/{case} | {kern} | {D} | {row['dtype']} | {be} | {err_txt} | 1 of budget | "
+                f"{'pass' if row['ok'] else 'FAIL'} | - | - |" + (f" {row['error']}" if "error" in row else ""))
+
+
 def run_check(device: str = "cpu", quick: bool = False, json_path: Optional[str] = None,
               ops_filter: Optional[Sequence[str]] = None, out: Callable[[str], None] = print,
               sizes: Optional[tuple] = None) -> int:
@@ -186,6 +209,8 @@ def run_check(device: str = "cpu", quick: bool = False, json_path: Optional[str]
         p_txt = "-" if row["pairs_per_s"] is None else f"{row['pairs_per_s']:.3e}"
         out(f"| {name} | {kern} | {D} | {row['dtype']} | {be} | {err_txt} | {BUDGET[dt]:.0e} | "
             f"{'pass' if row['ok'] else 'FAIL'} | {t_txt} | {p_txt} |" + (f" {row['error']}" if "error" in row else ""))
+    if not ops_filter or "contract" in ops_filter:
+        _contract(dev, quick, rows, out)
     bad = [r for r in rows if not r["ok"]]
     if json_path is not None:
         tmp = f"{json_path}.tmp-{os.getpid()}"

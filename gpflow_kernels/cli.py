@@ -165,7 +165,7 @@ def _checked_compare(args) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:
 
 
 #: gpflow check's ops (check.OPS; named here so that --ops is checked before torch is imported)
-CHECK_OPS = ("mmd_field", "mmd2", "kernel_integral", "kde_score", "kde_denoiser", "svgd_field")
+CHECK_OPS = ("mmd_field", "mmd2", "kernel_integral", "kde_score", "kde_denoiser", "svgd_field", "contract")
 
 
 def _check(args) -> int:

@@ -17,11 +17,9 @@ Backward passes run the ring again: gradients of the local rows stay, gradients 
 block follow it round the ring and arrive back at its owner after W hops.
 
 Sums merge exactly. The KDE ops (``kde_score``, ``kde_denoiser``) merge the blocks' soft-assignment
-means with their log-normalisers, brought into one convention (``reference.lse_offset``; each
-backend declares its unit and form, the Triton one base 2): exact logits for D <= 8, else the flash
-form centred on the global mean of y, which every block shares. Their backward pass per block gets
-the global normaliser and mean; the x-gradient adds back the block-mean term the backends drop
-(exact only over all blocks), from the block's own soft assignment, recomputed (see _RingSoftmax).
+means with their log-normalisers, which share one convention: every backend's logits are the exact
+−r²/(2σ²) (each backend declares its unit, the Triton one base 2). Their backward pass per block
+gets the global normaliser and mean, so the blocks' gradients add up (see _RingSoftmax).
 
 Agreement and failures. Before any transfer every rank publishes, in one small all-gather, what it
 was given (op, batch shape, D, dtype, kernel, bandwidth, optional arguments, shard sizes) and
@@ -350,31 +348,28 @@ class _RingSoftmax(torch.autograd.Function):
     """μ_i = Σ_j softmax_j(−|x_i − y_j|²/(2σ²)) y_j over every rank's block of y."""
 
     @staticmethod
-    def forward(ctx, impl, s2, ring, c, x, y):
+    def forward(ctx, impl, s2, ring, x, y):
         ctx.impl, ctx.ring = impl, ring
         state = [None, None]
 
         def compute(block):
             if x.shape[1]:
-                mu_b, lse_b = _block_softmax(impl, x, block[0], s2, c)
+                mu_b, lse_b = _block_softmax(impl, x, block[0], s2)
                 state[0], state[1] = _merge(state[0], state[1], mu_b, lse_b)
 
         _ring_forward(ring, [y], compute)
         mu, lse = state
         if mu is None:  # no local rows
             mu, lse = torch.zeros_like(x), x.new_zeros(x.shape[:2])
-        ctx.save_for_backward(s2, x, y, lse, mu, *(() if c is None else (c,)))
-        ctx.has_c = c is not None
+        ctx.save_for_backward(s2, x, y, lse, mu)
         return mu
 
     @staticmethod
     @_first_order_only
     def backward(ctx, g):
-        saved = ctx.saved_tensors
-        s2, x, y, lse, mu = saved[:5]
-        c = saved[5] if ctx.has_c else None
+        s2, x, y, lse, mu = ctx.saved_tensors
         impl = ctx.impl
-        need_x, need_y = ctx.needs_input_grad[4:6]
+        need_x, need_y = ctx.needs_input_grad[3:5]
         g = g.contiguous()
         gx = torch.zeros_like(x) if need_x else None
 
@@ -383,7 +378,7 @@ class _RingSoftmax(torch.autograd.Function):
             gyb = torch.zeros_like(yb) if need_y else None
             if not (x.shape[1] and yb.shape[1]):
                 return (gyb,)
-            native = (lse + impl.lse_offset(x, yb, s2, c)) * impl.LSE_UNIT
+            native = lse * impl.LSE_UNIT
             gxb, b = impl.softmax_mean_backward(x, yb, s2, native, mu, g, (need_x, need_y))
             if gxb is not None:
                 # The backends compute Σ_{j∈b} c_ij (y_j − μ_i)/σ² with the global μ_i passed in,
@@ -396,13 +391,14 @@ class _RingSoftmax(torch.autograd.Function):
         else:
             _ring_forward(ctx.ring, [y], grads_of)
             gy = None
-        return None, None, None, None, gx, gy
+        return None, None, None, gx, gy
 
 
-def _block_softmax(impl, x, yb, s2, c):
-    """(μ_b, lse_b) of one block, lse_b in the shared convention (natural units)."""
+def _block_softmax(impl, x, yb, s2):
+    """(μ_b, lse_b) of one block, lse_b = log Σ_{j∈b} exp(−r²_ij/(2σ²)) in natural units (every
+    backend's logits are exact, so the blocks share one convention)."""
     mu_b, lse_b = impl.softmax_mean(x, yb, s2)
-    return mu_b, lse_b / impl.LSE_UNIT - impl.lse_offset(x, yb, s2, c)
+    return mu_b, lse_b / impl.LSE_UNIT
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -638,19 +634,14 @@ def _kde(op: str, x, y, bandwidth, backend, group):
     (xx, yy, impl), ag = _agree(op, group, check,
                                 lambda c: _fields(c[0], [c[0], c[1]], bandwidth=_bandwidth_key(bandwidth)),
                                 lambda c: [c[0].shape[-2], c[1].shape[-2]])
-    M = _check_total(op, "y", ag.sizes[1])
+    _check_total(op, "y", ag.sizes[1])
     cd = _compute_dtype(xx.dtype)
     xf, yf = _flat(xx, 2, cd), _flat(yy, 2, cd)
     s2 = _resolve(bandwidth, [xf, yf], ag.sizes, ag, cd, xx.device)
     if ag.world == 1:
         mu = ops._SoftmaxMean.apply(impl, s2, xf, yf)
     else:
-        # Blocks share the exact convention for small D, else the flash form centred on the global
-        # mean of y (see reference.lse_offset).
-        c = None
-        if xf.shape[-1] > 8:
-            c = (_all_sum(yf.detach().sum(1, keepdim=True), ag.group, ag.dev) / M)
-        mu = _RingSoftmax.apply(impl, s2, _ring(ag, ag.sizes[1]), c, xf, yf)
+        mu = _RingSoftmax.apply(impl, s2, _ring(ag, ag.sizes[1]), xf, yf)
     return xx, xf, s2, mu
 
 

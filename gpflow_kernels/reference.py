@@ -283,32 +283,41 @@ def grad_sum_backward(kernel, x, y, a, s2, g, needs) -> Tuple[Optional[Tensor], 
 
 # --------------------------------------------------------------------------------------------
 # Gaussian soft assignment  μ_i = Σ_j softmax_j(−|x_i − y_j|²/(2σ²)) y_j  (KDE denoiser / score)
+#
+# The logits are −r²/(2σ²) with r² from the geometry (exact differences, or the matrix product
+# with its close pairs recomputed), in every D. The flash-attention form (x·y − |y|²/2)/σ², which
+# drops the row constant, rounds each logit at eps |x| |y| / σ² instead of eps r² / σ²: on two
+# clusters at ±3 (D = 16, σ = 1e-3) it moved μ by 3σ in float32, where a dense formula is within
+# 1e-3 σ. The weighted sums are taken on points centred on the mean of y, and the gradients' sums of
+# c_ij (x_i − y_j) from the differences (see _Geometry.wdiff).
 
 
-def _logits(geo: _Geometry, xt, yt, bs, rs, cs, inv2s2):
-    """Logits equal to −r²/(2σ²) up to a per-row constant (which softmax ignores)."""
-    if geo.exact:
-        return geo.sqdist(xt, yt, bs, rs, cs).mul_(-inv2s2)
-    # Flash-attention form: the row constant −|x_i|²/(2σ²) is dropped, so no cancellation.
-    return torch.baddbmm(geo.yy[bs, None, cs], xt, yt.transpose(1, 2), beta=-0.5, alpha=1.0).mul_(2.0 * inv2s2)
+def _soft_setup(x: Tensor, y: Tensor):
+    """(xg, yg, geo): the points the logits and difference sums are cut from (see _prepare), and
+    (xc, yc, shift): both centred on the mean of y, for the sums weighted by y."""
+    xg, yg, geo = _prepare(x, y)
+    shift = y.mean(dim=1, keepdim=True)
+    # above EXACT_MAX_D _prepare has centred them on the mean of y already
+    xc, yc = (x - shift, y - shift) if xg is x else (xg, yg)
+    return xg, yg, geo, xc, yc, shift
 
 
 def softmax_mean(x: Tensor, y: Tensor, s2: Tensor) -> Tuple[Tensor, Tensor]:
-    """(μ: (B, N, D), lse: (B, N)) with a single bandwidth, s2: (B or 1, 1).
+    """(μ: (B, N, D), lse: (B, N)) with a single bandwidth, s2: (B or 1, 1); lse = log Σ_j
+    exp(−r²_ij/(2σ²)) (natural units, the exact convention in every D).
 
     Accumulated with an online log-sum-exp over column tiles, so tiny bandwidths neither
-    underflow nor overflow. ``lse`` is kept (in the tile-logit convention) for the backward.
+    underflow nor overflow. ``lse`` is kept for the backward.
     """
-    xc, yc = _center(x, y)
+    xg, yg, geo, xc, yc, shift = _soft_setup(x, y)
     B, N, D = xc.shape
     M = yc.shape[1]
-    geo = _Geometry(xc, yc)
     inv = (0.5 / s2).view(-1, 1, 1)
     mu = torch.zeros_like(xc)
     lse = xc.new_full((B, N), float("-inf"))
     for bs, rs, cs in _tiles(B, N, M):
-        xt, yt = xc[bs, rs], yc[bs, cs]
-        ell = _logits(geo, xt, yt, bs, rs, cs, inv[bs] if inv.shape[0] > 1 else inv)
+        ib = inv[bs] if inv.shape[0] > 1 else inv
+        ell = geo.sqdist(xg[bs, rs], yg[bs, cs], bs, rs, cs).mul_(-ib)
         # mu holds the running normalised mean and lse its log normaliser; both are rescaled
         # to the new running maximum m_new.
         lse_old = lse[bs, rs]
@@ -316,26 +325,27 @@ def softmax_mean(x: Tensor, y: Tensor, s2: Tensor) -> Tuple[Tensor, Tensor]:
         p = exp_(ell - m_new[..., None])
         w_old = torch.exp(lse_old - m_new)  # weight of the mean so far; exp(-inf) = 0 on the first tile
         total = w_old + p.sum(-1)
-        mu[bs, rs] = (mu[bs, rs] * w_old[..., None] + torch.bmm(p, yt)) / total[..., None]
+        mu[bs, rs] = (mu[bs, rs] * w_old[..., None] + torch.bmm(p, yc[bs, cs])) / total[..., None]
         lse[bs, rs] = m_new + torch.log(total)
-    return mu + y.mean(dim=1, keepdim=True), lse
+    return mu + shift, lse
 
 
 def softmax_mean_backward(x, y, s2, lse, mu, g, needs) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """Gradients of Σ_i g_i · μ_i with respect to (x, y).
 
     With p_ij the soft assignment and c_ij = p_ij (g_i · y_j − g_i · μ_i):
-    grad x_i = Σ_j c_ij (y_j − μ_i) / σ², grad y_j = Σ_i p_ij g_i + Σ_i c_ij (x_i − y_j) / σ².
-    Σ_j c_ij = 0 in exact arithmetic, so Σ_j c_ij y_j alone would carry the rounding of every
-    c_ij times |y_j| (amplified by |y|/|y − μ|, 1e6 at σ = 1e-6): the computed Σ_j c_ij is
-    subtracted times μ_i, which cancels that rounding to first order.
+    grad x_i = Σ_j c_ij (y_j − x_i) / σ² + (x_i − μ_i) Σ_j c_ij / σ²,
+    grad y_j = Σ_i p_ij g_i + Σ_i c_ij (x_i − y_j) / σ².
+    Σ_j c_ij = 0 in exact arithmetic; the computed one times (x_i − μ_i) cancels the rounding of
+    the c_ij to first order. The sums of c_ij (x_i − y_j) come from the differences (_Geometry.wdiff),
+    as autograd through a dense formula takes them: as Σ c y − μ Σ c they carried every c_ij's
+    rounding times |y_j| instead of |y_j − x_i|.
     """
     need_x, need_y = needs
-    shift = y.mean(dim=1, keepdim=True)
-    xc, yc, muc = x - shift, y - shift, mu - shift
+    xg, yg, geo, xc, yc, shift = _soft_setup(x, y)
+    muc = mu - shift
     B, N, D = xc.shape
     M = yc.shape[1]
-    geo = _Geometry(xc, yc)
     inv = (0.5 / s2).view(-1, 1, 1)
     invs2 = (1.0 / s2).view(-1, 1, 1)
     gmu = (g * muc).sum(-1)  # (B, N)
@@ -343,41 +353,20 @@ def softmax_mean_backward(x, y, s2, lse, mu, g, needs) -> Tuple[Optional[Tensor]
     csum = xc.new_zeros(B, N, 1) if need_x else None
     gy = torch.zeros_like(yc) if need_y else None
     for bs, rs, cs in _tiles(B, N, M):
-        xt, yt, gt = xc[bs, rs], yc[bs, cs], g[bs, rs]
+        xt, yt, gt = xg[bs, rs], yg[bs, cs], g[bs, rs]
         ib = inv[bs] if inv.shape[0] > 1 else inv
         sb = invs2[bs] if invs2.shape[0] > 1 else invs2
-        p = exp_(_logits(geo, xt, yt, bs, rs, cs, ib) - lse[bs, rs, None])
-        c = p * (torch.bmm(gt, yt.transpose(1, 2)) - gmu[bs, rs, None])
+        p = exp_(geo.sqdist(xt, yt, bs, rs, cs).mul_(-ib) - lse[bs, rs, None])
+        c = p * (torch.bmm(gt, yc[bs, cs].transpose(1, 2)) - gmu[bs, rs, None])
         if gx is not None:
-            gx[bs, rs] += torch.bmm(c, yt)
+            gx[bs, rs] -= geo.wdiff(c, xt, yt)
             csum[bs, rs] += c.sum(-1, keepdim=True)
         if gy is not None:
-            ct = c.transpose(1, 2)
-            gy[bs, cs] += torch.bmm(p.transpose(1, 2), gt) - _weighted_diff_sum(ct, yt, xt) * sb
+            gy[bs, cs] += torch.bmm(p.transpose(1, 2), gt) - geo.wdiff(c, xt, yt, rows=False) * sb
     if gx is not None:
-        gx = (gx - muc * csum) * invs2
+        gx = (gx + (xc - muc) * csum) * invs2
     return gx, gy
 
 
 #: ``lse`` from :func:`softmax_mean` is in natural-log units (the Triton backend's is in base 2).
 LSE_UNIT = 1.0
-
-
-def lse_offset(x: Tensor, y: Tensor, s2: Tensor, c: Optional[Tensor], exact_max_d: int = EXACT_MAX_D) -> Tensor:
-    """How far this backend's ``lse`` for (x, y) lies above a convention shared by several y blocks.
-
-    Merging blocks of y (``gpflow_kernels.distributed``) needs their log-normalisers in one
-    convention: the exact log Σ_j exp(−|x_i − y_j|²/(2σ²)) when ``c`` is None, else that plus the row
-    constant |x_i − c|²/(2σ²) (the flash form centred on a point c: (B, 1, D) common to the blocks).
-    A backend computes exact logits for D <= ``exact_max_d`` and otherwise the flash form centred on
-    the block's mean c_b; the offset between two flash forms is (|x − c_b|² − |x − c|²)/(2σ²) =
-    (c − c_b)·(2x − c − c_b)/(2σ²), computed from the difference so no large terms cancel.
-    Returns (B, N) in natural units (divide a base-2 lse by its ``LSE_UNIT`` first).
-    """
-    inv = (0.5 / s2).view(-1, 1)
-    if x.shape[-1] <= exact_max_d:
-        return x.new_zeros(x.shape[:2]) if c is None else -((x - c) ** 2).sum(-1) * inv
-    cb = y.mean(dim=1, keepdim=True)
-    if c is None:
-        return ((x - cb) ** 2).sum(-1) * inv
-    return ((c - cb) * (2.0 * x - c - cb)).sum(-1) * inv

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_command_line_names_the_checks_ops():
-    assert cli.CHECK_OPS == tuple(check.OPS)
+    assert cli.CHECK_OPS == tuple(check.OPS) + ("contract",)
 
 
 def test_quick_check_passes_on_this_cpu_prints_rows_and_writes_json(tmp_path):
@@ -40,9 +40,15 @@ def test_quick_check_passes_on_this_cpu_prints_rows_and_writes_json(tmp_path):
             assert (op, "torch", dt) in seen
             if _cpu.available():
                 assert (op, "cpu", dt) in seen
+    contract = [r for r in rows if r["op"].startswith("contract/")]
+    rows = [r for r in rows if not r["op"].startswith("contract/")]
     assert {r["D"] for r in rows} == set(check.QUICK_DIMS)
     for r in rows:
         assert r["ok"] and 0 <= r["rel_err"] <= r["budget"] and r["median_ms"] > 0 and r["pairs_per_s"] > 0, r
+    # the accuracy contract's hard cases, on both CPU backends
+    assert {r["op"] for r in contract} == {"contract/self_pairs", "contract/close_pairs", "contract/two_clusters"}
+    assert {r["backend"] for r in contract} == ({"torch", "cpu"} if _cpu.available() else {"torch"})
+    assert all(r["ok"] and 0 <= r["rel_err"] <= 1 for r in contract)
     assert not list(tmp_path.glob("*.tmp-*"))  # the JSON is written whole
 
 
@@ -63,6 +69,18 @@ def test_a_wrong_backend_fails_the_check_and_is_named(no_triton, monkeypatch, tm
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
     assert all(r["ok"] for r in rows if r["backend"] == "torch" or r["op"] == "mmd2")  # mmd2 does not use grad_sum
     assert all(not r["ok"] for r in rows if r["backend"] == "cpu" and r["op"] == "mmd_field")
+
+
+@pytest.mark.skipif(not _cpu.available(), reason="the fused CPU extension is not built")
+def test_a_backend_outside_the_accuracy_contract_fails_the_check(no_triton, monkeypatch):
+    """A soft assignment 1e-5 relative off passes the benign-data budget (1e-4 in float32) but not
+    the contract on tight clusters: the check's contract rows name it."""
+    good = _cpu.softmax_mean
+    monkeypatch.setattr(_cpu, "softmax_mean", lambda x, y, s2: (lambda mu, lse: (mu * (1 + 1e-5), lse))(*good(x, y, s2)))
+    lines = []
+    assert check.run_check("cpu", quick=True, ops_filter=["contract"], out=lines.append) == 1
+    assert "contract/two_clusters/cpu/float32" in lines[-1] and "/torch/" not in lines[-1]
+    assert any(l.startswith("| contract/two_clusters | gaussian | 9 | float32 | cpu |") and "FAIL" in l for l in lines)
 
 
 @pytest.mark.skipif(not _cpu.available(), reason="the fused CPU extension is not built")

@@ -10,10 +10,10 @@ from typing import Optional
 import triton
 
 from .common import MAX_D
-from .kde import LSE_UNIT, lse_offset, softmax_mean, softmax_mean_backward
+from .kde import LSE_UNIT, softmax_mean, softmax_mean_backward
 from .pairs import grad_sum, grad_sum_backward, integral, integral_backward
 
-__all__ = ["LSE_UNIT", "lse_offset", "integral", "integral_backward", "grad_sum", "grad_sum_backward", "softmax_mean", "softmax_mean_backward", "MAX_D",
+__all__ = ["LSE_UNIT", "integral", "integral_backward", "grad_sum", "grad_sum_backward", "softmax_mean", "softmax_mean_backward", "MAX_D",
            "MIN_TRITON", "version_problem"]
 
 #: The oldest Triton these kernels are tested with (the interpreter suite against float64 and the

@@ -252,6 +252,93 @@ def diff_sums(W, q_ptr, s_ptr, rows, cols, rmask, cmask, D: tl.constexpr, BD: tl
     return out
 
 
+#: Above EXACT_MAX_D, pairs with r² < NEAR·(|q|² + |s|²) by the expansion are close (as
+#: reference.NEAR): their r², their (q − s)·g and their terms of Σ_j W_ij (q_i − s_j) are taken from
+#: the differences of the uncentred points, and they leave the tile's matrix products.
+NEAR = 1.0 / 16.0
+
+
+@triton.jit
+def any_true(mask):
+    """Whether any entry of a 2-D boolean tile is set (a scalar for a runtime ``if``)."""
+    return tl.max(tl.max(mask.to(tl.int32), 1), 0) > 0
+
+
+@triton.jit
+def close_pairs(q0_ptr, s0_ptr, rows, cols, rmask, cmask, qq, ss, r2, D: tl.constexpr):
+    """(r², near) for a tile whose r² came from the expansion |q|² + |s|² − 2 q·s (qq, ss: the
+    squared norms of its rows and columns): ``near`` marks the close pairs, whose r² is recomputed
+    from the uncentred points (q0, s0: row-major (·, D)). A tile without close pairs costs one
+    comparison per pair."""
+    base = qq[:, None] + ss[None, :]
+    near = (r2 < NEAR * base) & rmask[:, None] & cmask[None, :]
+    if any_true(near):
+        ex = tl.zeros_like(r2)
+        for d in range(D):
+            diff = (tl.load(q0_ptr + rows * D + d, mask=rmask, other=0.0)[:, None]
+                    - tl.load(s0_ptr + cols * D + d, mask=cmask, other=0.0)[None, :])
+            ex += diff * diff
+        r2 = tl.where(near, ex, r2)
+    return r2, near
+
+
+@triton.jit
+def close_dot_diff(q0_ptr, s0_ptr, g_ptr, rows, cols, rmask, cmask, near, dg, D: tl.constexpr, G_ON_ROWS: tl.constexpr):
+    """``dg`` (the tile of (q_i − s_j)·g from dot_diff) with the close pairs' entries recomputed
+    from the differences of the uncentred points."""
+    if any_true(near):
+        ex = tl.zeros_like(dg)
+        for d in range(D):
+            diff = (tl.load(q0_ptr + rows * D + d, mask=rmask, other=0.0)[:, None]
+                    - tl.load(s0_ptr + cols * D + d, mask=cmask, other=0.0)[None, :])
+            if G_ON_ROWS:
+                ex += diff * tl.load(g_ptr + rows * D + d, mask=rmask, other=0.0)[:, None]
+            else:
+                ex += diff * tl.load(g_ptr + cols * D + d, mask=cmask, other=0.0)[None, :]
+        dg = tl.where(near, ex, dg)
+    return dg
+
+
+@triton.jit
+def close_diff_sums(W, q0_ptr, s0_ptr, rows, cols, rmask, cmask, near, D: tl.constexpr, BD: tl.constexpr):
+    """Σ_j W_ij (q_i − s_j) over the close pairs of the tile only: (BN, BD), from the uncentred points,
+    one column j at a time (a close pair's weight can be large next to the others', and as
+    q_i Σ W − W @ s its rounding would scale with |W| |q| instead of |W| |q − s|)."""
+    out = tl.zeros((rows.shape[0], BD), dtype=W.dtype)
+    if any_true(near):
+        c = tl.arange(0, BD)
+        j = tl.arange(0, cols.shape[0])
+        Wn = tl.where(near, W, 0.0)
+        q0 = tl.load(q0_ptr + rows[:, None] * D + c[None, :], mask=rmask[:, None] & (c[None, :] < D), other=0.0).to(W.dtype)
+        j0 = tl.min(cols, 0)
+        last = tl.max(tl.where(cmask, cols, j0), 0)  # the tile's last real column
+        for jj in range(cols.shape[0]):
+            w = tl.sum(tl.where(j[None, :] == jj, Wn, 0.0), 1)
+            # past the last real column w is 0: any real row may be read there
+            srow = tl.load(s0_ptr + tl.minimum(j0 + jj, last) * D + c, mask=c < D, other=0.0).to(W.dtype)
+            out += w[:, None] * (q0 - srow[None, :])
+    return out
+
+
+@triton.jit
+def split_diff_sums(W, q_ptr, s_ptr, q0_ptr, s0_ptr, rows, cols, rmask, cmask, st, near, D: tl.constexpr, BD: tl.constexpr,
+                    EXACT: tl.constexpr, DOT: tl.constexpr):
+    """One tile's Σ_j W_ij (q_i − s_j) in pieces (ex, wsum, ws), the sum being ex + q_i·wsum − ws: in the
+    exact range ex from every pair's coordinate differences (diff_sums) and wsum = ws = 0; above it
+    ex over the close pairs, from the uncentred points (close_diff_sums), wsum = Σ_far W and
+    ws = W_far @ s over the others."""
+    if EXACT:
+        ex = diff_sums(W, q_ptr, s_ptr, rows, cols, rmask, cmask, D, BD)
+        wsum = tl.zeros((rows.shape[0],), dtype=W.dtype)
+        ws = tl.zeros((rows.shape[0], BD), dtype=W.dtype)
+    else:
+        ex = close_diff_sums(W, q0_ptr, s0_ptr, rows, cols, rmask, cmask, near, D, BD)
+        Wf = tl.where(near, 0.0, W)
+        wsum = tl.sum(Wf, 1)
+        ws = tl.dot(Wf, st, input_precision=DOT)
+    return ex, wsum, ws
+
+
 #: How a kernel forms its per-row tile sums Σ_j w_ij [s_j, 1] (the SUMS constexpr; see sums_mode).
 SUMS_REDUCE, SUMS_ONES, SUMS_DEFER = 0, 1, 2
 

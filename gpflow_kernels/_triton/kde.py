@@ -1,9 +1,10 @@
 """Fused Triton kernels for the Gaussian soft assignment μ_i = Σ_j softmax_j(−|x_i − y_j|²/(2σ²)) y_j.
 
 Flash-attention style: an online log-sum-exp in base 2 (exp2 with the constant log2(e)/(2σ²)
-folded in), so tiny bandwidths neither underflow nor overflow. For D > 16 the logits are
-(x·y − |y|²/2)/σ² (the row constant −|x|²/(2σ²) dropped, which softmax ignores) from tl.dot.
-``lse`` is kept in base-2 units in that same convention; only this backend's backward reads it.
+folded in), so tiny bandwidths neither underflow nor overflow. The logits are −r²/(2σ²) in every D:
+above 16, r² comes from tl.dot with the close pairs recomputed from the uncentred points
+(common.close_pairs), as in reference.softmax_mean; the flash form (x·y − |y|²/2)/σ² rounded each
+logit at eps |x| |y| / σ² instead of eps r² / σ². ``lse`` is kept in base-2 units.
 """
 
 from __future__ import annotations
@@ -12,38 +13,46 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import reference
-from .common import (EXACT_MAX_D, acc_dtype, autotune, column, coordinate_sums, dot_precision, load_block, load_rows, pow2,
+from .common import (EXACT_MAX_D, acc_dtype, autotune, close_pairs, column, coordinate_sums, dot_precision, load_block, load_rows, pow2, split_diff_sums,
                      slot_tiles, sqdist, store_rows, sums_mode, with_ones)
 
 LOG2E = 1.4426950408889634
-#: ``lse`` is in base-2 units: divide by this for natural units (see ``reference.lse_offset``).
+#: ``lse`` is in base-2 units: divide by this for natural units (log Σ_j exp(−r²_ij/(2σ²))).
 LSE_UNIT = LOG2E
 
 
 @triton.jit
-def _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D: tl.constexpr, EXACT: tl.constexpr, ROWS_ARE_X: tl.constexpr,
-             DOT: tl.constexpr):
-    """Base-2 logits ℓ_ij·log2(e) for x rows i and y columns j (or the transpose when not ROWS_ARE_X)."""
+def _logits2(q_ptr, s_ptr, q0_ptr, s0_ptr, qn_ptr, sn_ptr, rows, cols, rmask, cmask, qt, st, c2, D: tl.constexpr,
+             EXACT: tl.constexpr, DOT: tl.constexpr):
+    """(base-2 logits −c2·r²_ij, the close pairs) for rows i and columns j (either set as rows).
+
+    The backward passes divide by the forward's normaliser, so each logit must round alike in every
+    pass, whichever set is the rows: above the exact range the squared norms come from the launcher
+    (qn, sn), not from tile sums whose order depends on the tile's layout, and the close-pair test
+    uses them too. (A logit of −5e8, r² = 10 at σ = 1e-4, rounded one ulp apart moves p by e^±60.)"""
     if EXACT:
-        out = -c2 * sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, 0.0, D, EXACT, DOT)
+        r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, 0.0, D, EXACT, DOT)
+        near = r2 < 0.0  # none: the exact range has no close-pair split
     else:
-        qs = tl.dot(qt, tl.trans(st), input_precision=DOT)
-        if ROWS_ARE_X:
-            out = (2.0 * c2) * (qs - 0.5 * tl.sum(st * st, 1)[None, :])
-        else:
-            out = (2.0 * c2) * (qs - 0.5 * tl.sum(qt * qt, 1)[:, None])
-    return out
+        qq = tl.load(qn_ptr + rows, mask=rmask, other=0.0)
+        ss = tl.load(sn_ptr + cols, mask=cmask, other=0.0)
+        r2 = qq[:, None] + ss[None, :] - 2.0 * tl.dot(qt, tl.trans(st), input_precision=DOT)
+        r2, near = close_pairs(q0_ptr, s0_ptr, rows, cols, rmask, cmask, qq, ss, r2, D)
+    return -c2 * r2, near
 
 
 @autotune("D", "BD", "EXACT", "DOT", "SUMS")
 @triton.jit
-def _kde_fwd(q_ptr, s_ptr, inv_ptr, mu_ptr, lse_ptr, N, M, inv_bs,
+def _kde_fwd(q_ptr, s_ptr, q0_ptr, s0_ptr, qn_ptr, sn_ptr, inv_ptr, mu_ptr, lse_ptr, N, M, inv_bs,
              D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, SUMS: tl.constexpr,
              BN: tl.constexpr, BM: tl.constexpr):
     b = tl.program_id(1)
     q_ptr += b * N * D
     s_ptr += b * M * D
+    q0_ptr += b * N * D
+    s0_ptr += b * M * D
+    qn_ptr += b * N
+    sn_ptr += b * M
     mu_ptr += b * N * D
     lse_ptr += b * N
     c2 = tl.load(inv_ptr + b * inv_bs) * (0.5 * 1.4426950408889634)
@@ -61,7 +70,7 @@ def _kde_fwd(q_ptr, s_ptr, inv_ptr, mu_ptr, lse_ptr, N, M, inv_bs,
         a1, a2, a3, _ = slot_tiles(BN, BM, ACC)
     for j0 in range(0, M, BM):
         cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
-        ell = _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, True, DOT)
+        ell, near = _logits2(q_ptr, s_ptr, q0_ptr, s0_ptr, qn_ptr, sn_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, DOT)
         ell = tl.where(cmask[None, :], ell, float("-inf"))
         if SUMS == 2:
             up = ell > ms
@@ -98,14 +107,19 @@ def _kde_fwd(q_ptr, s_ptr, inv_ptr, mu_ptr, lse_ptr, N, M, inv_bs,
 
 @autotune("D", "BD", "EXACT", "DOT")
 @triton.jit
-def _kde_bwd_x(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv_bs,
+def _kde_bwd_x(q_ptr, s_ptr, q0_ptr, s0_ptr, qn_ptr, sn_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv_bs,
                D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, BN: tl.constexpr,
              BM: tl.constexpr):
-    """grad x_i = Σ_j c_ij (y_j − μ_i) / σ², c_ij = p_ij (g_i·y_j − g_i·μ_i); μ_i Σ_j c_ij is
-    subtracted at the end (see reference.softmax_mean_backward: it cancels the c_ij's rounding)."""
+    """grad x_i = Σ_j c_ij (y_j − μ_i) / σ², c_ij = p_ij (g_i·y_j − g_i·μ_i), formed as the reference does:
+    Σ_j c_ij (y_j − x_i) + (x_i − μ_i) Σ_j c_ij, the first sum from the differences (exact range: all
+    pairs; above it the close pairs, the far ones as Σ c y − x Σ c)."""
     b = tl.program_id(1)
     q_ptr += b * N * D
     s_ptr += b * M * D
+    q0_ptr += b * N * D
+    s0_ptr += b * M * D
+    qn_ptr += b * N
+    sn_ptr += b * M
     g_ptr += b * N * D
     mu_ptr += b * N * D
     lse_ptr += b * N
@@ -118,26 +132,37 @@ def _kde_bwd_x(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv
     gmu = tl.sum(gt * mut, 1)
     lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
     acc = tl.zeros((BN, BD), dtype=ACC)
+    cn = tl.zeros((BN, BD), dtype=ACC)  # Σ c (x − y) from the differences
     csum = tl.zeros((BN,), dtype=ACC)
+    cfar = tl.zeros((BN,), dtype=ACC)
     for j0 in range(0, M, BM):
         cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
-        ell = _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, True, DOT)
+        ell, near = _logits2(q_ptr, s_ptr, q0_ptr, s0_ptr, qn_ptr, sn_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, DOT)
         p = tl.where(cmask[None, :], tl.exp2(ell - lse[:, None]), 0.0)
         c = p * (tl.dot(gt, tl.trans(st), input_precision=DOT) - gmu[:, None])
         csum += tl.sum(c, 1)
-        acc += tl.dot(c, st, input_precision=DOT)
-    store_rows(out_ptr, rows, rmask, D, (acc - mut * csum[:, None]) * inv, BD)
+        ex, wf, ws = split_diff_sums(c, q_ptr, s_ptr, q0_ptr, s0_ptr, rows, cols, rmask, cmask, st, near, D, BD, EXACT, DOT)
+        cn += ex
+        cfar += wf
+        acc += ws
+    # Σ c (y − x) = −(cn + x Σ_far c − Σ_far c y)
+    store_rows(out_ptr, rows, rmask, D, ((acc - qt * cfar[:, None]) - cn + (qt - mut) * csum[:, None]) * inv, BD)
 
 
 @autotune("D", "BD", "EXACT", "DOT")
 @triton.jit
-def _kde_bwd_y(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv_bs,
+def _kde_bwd_y(q_ptr, s_ptr, q0_ptr, s0_ptr, qn_ptr, sn_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv_bs,
                D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, BN: tl.constexpr,
              BM: tl.constexpr):
-    """grad y_j = Σ_i p_ij g_i + Σ_i c_ij (x_i − y_j) / σ². Rows are y (q), columns are x (s)."""
+    """grad y_j = Σ_i p_ij g_i + Σ_i c_ij (x_i − y_j) / σ². Rows are y (q), columns are x (s); the
+    second sum from the differences (exact range: all pairs; above it the close pairs)."""
     b = tl.program_id(1)
     q_ptr += b * N * D
     s_ptr += b * M * D
+    q0_ptr += b * N * D
+    s0_ptr += b * M * D
+    qn_ptr += b * N
+    sn_ptr += b * M
     g_ptr += b * M * D
     mu_ptr += b * M * D
     lse_ptr += b * M
@@ -147,19 +172,22 @@ def _kde_bwd_y(q_ptr, s_ptr, g_ptr, mu_ptr, lse_ptr, inv_ptr, out_ptr, N, M, inv
     rows, rmask, qt = load_block(q_ptr, tl.program_id(0) * BN, N, D, BD, BN)
     pg = tl.zeros((BN, BD), dtype=ACC)
     cx = tl.zeros((BN, BD), dtype=ACC)
+    cn = tl.zeros((BN, BD), dtype=ACC)
     csum = tl.zeros((BN,), dtype=ACC)
     for j0 in range(0, M, BM):
         cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         gt = load_rows(g_ptr, cols, cmask, D, BD)
         gmu = tl.sum(gt * load_rows(mu_ptr, cols, cmask, D, BD), 1)
         lse = tl.load(lse_ptr + cols, mask=cmask, other=0.0)
-        ell = _logits2(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, False, DOT)
+        ell, near = _logits2(q_ptr, s_ptr, q0_ptr, s0_ptr, qn_ptr, sn_ptr, rows, cols, rmask, cmask, qt, st, c2, D, EXACT, DOT)
         p = tl.where(cmask[None, :], tl.exp2(ell - lse[None, :]), 0.0)
         c = p * (tl.dot(qt, tl.trans(gt), input_precision=DOT) - gmu[None, :])
         pg += tl.dot(p, gt, input_precision=DOT)
-        cx += tl.dot(c, st, input_precision=DOT)
-        csum += tl.sum(c, 1)
-    store_rows(out_ptr, rows, rmask, D, pg + (cx - qt * csum[:, None]) * inv, BD)
+        ex, wf, ws = split_diff_sums(c, q_ptr, s_ptr, q0_ptr, s0_ptr, rows, cols, rmask, cmask, st, near, D, BD, EXACT, DOT)
+        cn += ex  # Σ c (y − x) = cn + y Σ_far c − Σ_far c x
+        csum += wf
+        cx += ws
+    store_rows(out_ptr, rows, rmask, D, pg + (cx - qt * csum[:, None] - cn) * inv, BD)
 
 
 def _setup(x, y, s2):
@@ -168,23 +196,30 @@ def _setup(x, y, s2):
     D = x.shape[-1]
     kw = dict(inv_bs=1 if inv.numel() > 1 else 0, D=D, BD=pow2(D), EXACT=D <= EXACT_MAX_D, ACC=acc_dtype(x),
               DOT=dot_precision(x.dtype))
-    return shift, (x - shift).contiguous(), (y - shift).contiguous(), inv, kw
+    # centred for the sums weighted by y and the dot-product distances; as given for the close
+    # pairs' differences
+    xc, yc = (x - shift).contiguous(), (y - shift).contiguous()
+    if kw["EXACT"]:
+        norms = (xc, yc)  # unused there
+    else:
+        norms = ((xc * xc).sum(-1).contiguous(), (yc * yc).sum(-1).contiguous())
+    return shift, xc, yc, x.contiguous(), y.contiguous(), norms, inv, kw
 
 
 def softmax_mean(x, y, s2):
-    shift, xc, yc, inv, kw = _setup(x, y, s2)
+    shift, xc, yc, x0, y0, (xn, yn), inv, kw = _setup(x, y, s2)
     B, N, D = xc.shape
     M = yc.shape[1]
     mu = torch.empty_like(xc)
     lse = xc.new_empty(B, N)
-    _kde_fwd[lambda meta: (triton.cdiv(N, meta["BN"]), B)](xc, yc, inv, mu, lse, N, M,
+    _kde_fwd[lambda meta: (triton.cdiv(N, meta["BN"]), B)](xc, yc, x0, y0, xn, yn, inv, mu, lse, N, M,
                                                            SUMS=sums_mode(D, kw["BD"], xc.dtype, kw["DOT"]), **kw)
     return mu + shift, lse
 
 
 def softmax_mean_backward(x, y, s2, lse, mu, g, needs):
     need_x, need_y = needs
-    shift, xc, yc, inv, kw = _setup(x, y, s2)
+    shift, xc, yc, x0, y0, (xn, yn), inv, kw = _setup(x, y, s2)
     muc = (mu - shift).contiguous()
     g = g.contiguous()
     B, N, D = xc.shape
@@ -192,13 +227,9 @@ def softmax_mean_backward(x, y, s2, lse, mu, g, needs):
     gx = gy = None
     if need_x:
         gx = torch.empty_like(xc)
-        _kde_bwd_x[lambda meta: (triton.cdiv(N, meta["BN"]), B)](xc, yc, g, muc, lse, inv, gx, N, M, **kw)
+        _kde_bwd_x[lambda meta: (triton.cdiv(N, meta["BN"]), B)](xc, yc, x0, y0, xn, yn, g, muc, lse, inv, gx, N, M, **kw)
     if need_y:
         gy = torch.empty_like(yc)
-        _kde_bwd_y[lambda meta: (triton.cdiv(M, meta["BN"]), B)](yc, xc, g, muc, lse, inv, gy, M, N, **kw)
+        _kde_bwd_y[lambda meta: (triton.cdiv(M, meta["BN"]), B)](yc, xc, y0, x0, yn, xn, g, muc, lse, inv, gy, M, N, **kw)
     return gx, gy
 
-
-def lse_offset(x, y, s2, c):
-    """This backend's lse (natural units) above the shared convention: see ``reference.lse_offset``."""
-    return reference.lse_offset(x, y, s2, c, exact_max_d=EXACT_MAX_D)

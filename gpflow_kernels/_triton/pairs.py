@@ -12,14 +12,15 @@ import triton
 import triton.language as tl
 
 from ..kernels import fused_code as kernel_code
-from .common import (EXACT_MAX_D, acc_dtype, autotune, column, coordinate_sums, diff_sums, dot_diff, dot_precision, load_block,
-                     load_rows, pow2, radial, slot_tiles, snap_tol, sqdist, store_rows, sums_mode, with_ones)
+from .common import (EXACT_MAX_D, acc_dtype, autotune, close_diff_sums, close_dot_diff, close_pairs, column, coordinate_sums,
+                     diff_sums, dot_diff, dot_precision, load_block, load_rows, pow2, radial, slot_tiles, snap_tol, split_diff_sums,
+                     sqdist, store_rows, sums_mode, with_ones)
 
 
 
 @autotune("D", "BD", "BP", "EXACT", "KIND", "HAS_V", "DOT", "NP", sizes=("N", "M", "K"))
 @triton.jit
-def _integral_kernel(q_ptr, s_ptr, v_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, tol, pc, ph, peps2,
+def _integral_kernel(q_ptr, s_ptr, q0_ptr, s0_ptr, v_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, tol, pc, ph, peps2,
                      D: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr, EXACT: tl.constexpr,
                      KIND: tl.constexpr, HAS_V: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, NP: tl.constexpr,
                      BN: tl.constexpr, BM: tl.constexpr):
@@ -32,6 +33,8 @@ def _integral_kernel(q_ptr, s_ptr, v_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, 
     b = tl.program_id(1)
     q_ptr += b * N * D
     s_ptr += b * M * D
+    q0_ptr += b * N * D
+    s0_ptr += b * M * D
     v_ptr += b * M * P
     out_ptr += b * N * P
     inv_ptr += b * inv_bs
@@ -42,6 +45,8 @@ def _integral_kernel(q_ptr, s_ptr, v_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, 
     for j0 in range(0, M, BM):
         cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT, DOT)
+        if not EXACT:
+            r2, near = close_pairs(q0_ptr, s0_ptr, rows, cols, rmask, cmask, tl.sum(qt * qt, 1), tl.sum(st * st, 1), r2, D)
         k0, k1, k2 = radial(r2, inv_ptr, K, KIND, pc, ph, peps2)
         k0 = tl.where(cmask[None, :], k0, 0.0)
         if NP > 0:
@@ -66,7 +71,7 @@ def _integral_kernel(q_ptr, s_ptr, v_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, 
 
 @autotune("D", "BD", "BP", "EXACT", "KIND", "HAS_A", "HAS_UW", "DOT", "SUMS", sizes=("N", "M", "K"))
 @triton.jit
-def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, tol, pc, ph, peps2,
+def _field_kernel(q_ptr, s_ptr, q0_ptr, s0_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, K, inv_bs, tol, pc, ph, peps2,
                   D: tl.constexpr, BD: tl.constexpr, BP: tl.constexpr, EXACT: tl.constexpr, KIND: tl.constexpr,
                   HAS_A: tl.constexpr, HAS_UW: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, SUMS: tl.constexpr,
                   BN: tl.constexpr, BM: tl.constexpr):
@@ -74,11 +79,14 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
 
     a_j: grad_sum's source weights; (u_i · w_j): the integral backward's g_i · v_j. With EXACT the
     sums are formed from the differences q_i − s_j (SUMS_DEFER: per register slot; else
-    diff_sums); above it as q_i Σ_j W_ij − W @ s (close pairs there: issue "numerical trust", open).
+    diff_sums); above it as q_i Σ_j W_ij − W @ s over the far pairs, the close pairs' terms from the
+    differences of the uncentred points q0, s0 (close_pairs, close_diff_sums).
     """
     b = tl.program_id(1)
     q_ptr += b * N * D
     s_ptr += b * M * D
+    q0_ptr += b * N * D
+    s0_ptr += b * M * D
     a_ptr += b * M
     u_ptr += b * N * P
     w_ptr += b * M * P
@@ -89,12 +97,15 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
         ut = load_rows(u_ptr, rows, rmask, P, BP)
     wsum = tl.zeros((BN,), dtype=ACC)
     wy = tl.zeros((BN, BD), dtype=ACC)
+    wn = tl.zeros((BN, BD), dtype=ACC)  # the close pairs' Σ W (q − s) (above EXACT_MAX_D)
     if SUMS == 2:  # per-pair partial sums kept in registers, reduced once after the loop
         a1, a2, a3, _ = slot_tiles(BN, BM, ACC)
         q0, q1, q2 = column(qt, 0, BD)[:, None], column(qt, 1, BD)[:, None], column(qt, 2, BD)[:, None]
     for j0 in range(0, M, BM):
         cols, cmask, st = load_block(s_ptr, j0, M, D, BD, BM)
         r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT, DOT)
+        if not EXACT:
+            r2, near = close_pairs(q0_ptr, s0_ptr, rows, cols, rmask, cmask, tl.sum(qt * qt, 1), tl.sum(st * st, 1), r2, D)
         k0, k1, k2 = radial(r2, inv_ptr, K, KIND, pc, ph, peps2)
         W = 2.0 * k1
         if HAS_A:
@@ -110,11 +121,14 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
                 a3 += W * (q2 - tl.load(s_ptr + cols * D + 2, mask=cmask, other=0.0)[None, :])
         elif EXACT:
             wy += diff_sums(W, q_ptr, s_ptr, rows, cols, rmask, cmask, D, BD)
-        elif SUMS == 1:  # Σ_j W_ij lands in wy's padding column D
-            wy += tl.dot(W, with_ones(st, D, BD), input_precision=DOT)
         else:
-            wsum += tl.sum(W, 1)
-            wy += tl.dot(W, st, input_precision=DOT)
+            wn += close_diff_sums(W, q0_ptr, s0_ptr, rows, cols, rmask, cmask, near, D, BD)
+            W = tl.where(near, 0.0, W)
+            if SUMS == 1:  # Σ_j W_ij lands in wy's padding column D
+                wy += tl.dot(W, with_ones(st, D, BD), input_precision=DOT)
+            else:
+                wsum += tl.sum(W, 1)
+                wy += tl.dot(W, st, input_precision=DOT)
     if SUMS == 2:
         wy = coordinate_sums(wy, a1, a2, a3, a1, 1.0, D, BD)
     if SUMS == 2 or EXACT:
@@ -122,12 +136,12 @@ def _field_kernel(q_ptr, s_ptr, a_ptr, u_ptr, w_ptr, inv_ptr, out_ptr, N, M, P, 
     else:
         if SUMS == 1:
             wsum = column(wy, D, BD)
-        store_rows(out_ptr, rows, rmask, D, qt * wsum[:, None] - wy, BD)
+        store_rows(out_ptr, rows, rmask, D, qt * wsum[:, None] - wy + wn, BD)
 
 
 @autotune("D", "BD", "EXACT", "KIND", "HAS_A", "G_ON_ROWS", "WANT_A", "DOT", sizes=("N", "M", "K"))
 @triton.jit
-def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M, K, inv_bs, tol, pc, ph, peps2,
+def _hessian_kernel(q_ptr, s_ptr, q0_ptr, s0_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M, K, inv_bs, tol, pc, ph, peps2,
                     D: tl.constexpr, BD: tl.constexpr, EXACT: tl.constexpr, KIND: tl.constexpr, HAS_A: tl.constexpr,
                     G_ON_ROWS: tl.constexpr, WANT_A: tl.constexpr, ACC: tl.constexpr, DOT: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
     """Backward of grad_sum. With A = 2k', C = 4k'' ((q_i − s_j)·g):
@@ -140,6 +154,8 @@ def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M
     b = tl.program_id(1)
     q_ptr += b * N * D
     s_ptr += b * M * D
+    q0_ptr += b * N * D
+    s0_ptr += b * M * D
     g_ptr += b * (N if G_ON_ROWS else M) * D
     a_ptr += b * (M if G_ON_ROWS else N)
     out_ptr += b * N * D
@@ -151,6 +167,7 @@ def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M
     asum = tl.zeros((BN,), dtype=ACC)
     csum = tl.zeros((BN,), dtype=ACC)
     cy = tl.zeros((BN, BD), dtype=ACC)
+    cn = tl.zeros((BN, BD), dtype=ACC)  # the close pairs' Σ C (q − s) (above EXACT_MAX_D)
     ag = tl.zeros((BN, BD), dtype=ACC)
     gsum = tl.zeros((BN,), dtype=ACC)
     for j0 in range(0, M, BM):
@@ -160,8 +177,14 @@ def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M
         else:
             gt = load_rows(g_ptr, cols, cmask, D, BD)
         r2 = sqdist(q_ptr, s_ptr, rows, cols, rmask, cmask, qt, st, tol, D, EXACT, DOT)
+        if EXACT:
+            near = r2 < 0.0  # none: no close-pair split in the exact range
+        else:
+            r2, near = close_pairs(q0_ptr, s0_ptr, rows, cols, rmask, cmask, tl.sum(qt * qt, 1), tl.sum(st * st, 1), r2, D)
         k0, k1, k2 = radial(r2, inv_ptr, K, KIND, pc, ph, peps2)
         dg = dot_diff(q_ptr, s_ptr, g_ptr, rows, cols, rmask, cmask, qt, st, gt, D, EXACT, G_ON_ROWS, DOT)
+        if not EXACT:
+            dg = close_dot_diff(q0_ptr, s0_ptr, g_ptr, rows, cols, rmask, cmask, near, dg, D, G_ON_ROWS)
         A = 2.0 * k1
         C = 4.0 * k2 * dg
         if G_ON_ROWS:
@@ -171,19 +194,18 @@ def _hessian_kernel(q_ptr, s_ptr, a_ptr, g_ptr, inv_ptr, out_ptr, outa_ptr, N, M
                 C = C * at
         A = tl.where(cmask[None, :], A, 0.0)
         C = tl.where(cmask[None, :], C, 0.0)
-        if EXACT:  # Σ_j C_ij (q_i − s_j) from the differences (see diff_sums)
-            cy += diff_sums(C, q_ptr, s_ptr, rows, cols, rmask, cmask, D, BD)
-        else:
-            csum += tl.sum(C, 1)
-            cy += tl.dot(C, st, input_precision=DOT)
+        # Σ_j C_ij (q_i − s_j) = cn + q_i csum − cy (see split_diff_sums)
+        ex, wf, ws = split_diff_sums(C, q_ptr, s_ptr, q0_ptr, s0_ptr, rows, cols, rmask, cmask, st, near, D, BD, EXACT, DOT)
+        cn += ex
+        csum += wf
+        cy += ws
         if G_ON_ROWS:
             asum += tl.sum(A, 1)
         else:
             ag += tl.dot(A, gt, input_precision=DOT)
             if WANT_A:
                 gsum += tl.sum(A * dg, 1)
-    if not EXACT:
-        cy = qt * csum[:, None] - cy
+    cy = qt * csum[:, None] - cy + cn
     if G_ON_ROWS:
         store_rows(out_ptr, rows, rmask, D, gq * asum[:, None] + cy, BD)
     else:
@@ -210,19 +232,21 @@ def _common(kernel, q, s, s2):
 
 
 def _center(x, y):
-    """Centred on the mean of y for the dot-product distances (D > EXACT_MAX_D); as given in the
-    exact-difference range, whose close-pair differences centring would round."""
+    """(x, y, x0, y0): centred on the mean of y for the dot-product distances (D > EXACT_MAX_D), and
+    as given (x0, y0: the close pairs' differences there); as given in the exact-difference range,
+    whose close-pair differences centring would round."""
+    x0, y0 = x.contiguous(), y.contiguous()
     if x.shape[-1] <= EXACT_MAX_D:
-        return x.contiguous(), y.contiguous()
+        return x0, y0, x0, y0
     c = y.mean(dim=1, keepdim=True)
-    return (x - c).contiguous(), (y - c).contiguous()
+    return (x - c).contiguous(), (y - c).contiguous(), x0, y0
 
 
 def _grid(B, N):
     return lambda meta: (triton.cdiv(N, meta["BN"]), B)
 
 
-def _integral(kernel, q, s, v, s2):
+def _integral(kernel, q, s, q0, s0, v, s2):
     B, N, _ = q.shape
     M = s.shape[1]
     P = 1 if v is None else v.shape[-1]
@@ -231,46 +255,46 @@ def _integral(kernel, q, s, v, s2):
     # per-slot sums for up to 4 value columns on CUDA cores (exact-difference range only: wider
     # tiles leave no registers for them)
     deferred = P <= 4 and kw["EXACT"] and q.dtype == torch.float32 and kw["DOT"] == "ieee"
-    _integral_kernel[_grid(B, N)](q, s, q if v is None else v.contiguous(), inv, out, N, M, P,
+    _integral_kernel[_grid(B, N)](q, s, q0, s0, q if v is None else v.contiguous(), inv, out, N, M, P,
                                   BP=pow2(P), HAS_V=v is not None, NP=P if deferred else 0, **kw)
     return out
 
 
-def _field(kernel, q, s, a, u, w, s2):
+def _field(kernel, q, s, q0, s0, a, u, w, s2):
     B, N, D = q.shape
     M = s.shape[1]
     P = 1 if u is None else u.shape[-1]
     kw, inv = _common(kernel, q, s, s2)
     out = torch.empty_like(q)
-    _field_kernel[_grid(B, N)](q, s, q if a is None else a.contiguous(), q if u is None else u.contiguous(),
+    _field_kernel[_grid(B, N)](q, s, q0, s0, q if a is None else a.contiguous(), q if u is None else u.contiguous(),
                                q if w is None else w.contiguous(), inv, out, N, M, P, BP=pow2(P),
                                HAS_A=a is not None, HAS_UW=u is not None, SUMS=sums_mode(D, kw["BD"], q.dtype, kw["DOT"]), **kw)
     return out
 
 
 def integral(kernel, x, y, v, s2):
-    x, y = _center(x, y)
-    return _integral(kernel, x, y, v, s2)
+    x, y, x0, y0 = _center(x, y)
+    return _integral(kernel, x, y, x0, y0, v, s2)
 
 
 def integral_backward(kernel, x, y, v, s2, g, needs):
     need_x, need_y, need_v = needs
-    x, y = _center(x, y)
+    x, y, x0, y0 = _center(x, y)
     vv = torch.ones(y.shape[0], y.shape[1], 1, dtype=x.dtype, device=x.device) if v is None else v
-    gx = _field(kernel, x, y, None, g, vv, s2) if need_x else None
-    gy = _field(kernel, y, x, None, vv, g, s2) if need_y else None
-    gv = _integral(kernel, y, x, g, s2) if (need_v and v is not None) else None
+    gx = _field(kernel, x, y, x0, y0, None, g, vv, s2) if need_x else None
+    gy = _field(kernel, y, x, y0, x0, None, vv, g, s2) if need_y else None
+    gv = _integral(kernel, y, x, y0, x0, g, s2) if (need_v and v is not None) else None
     return gx, gy, gv
 
 
 def grad_sum(kernel, x, y, a, s2):
-    x, y = _center(x, y)
-    return _field(kernel, x, y, a, None, None, s2)
+    x, y, x0, y0 = _center(x, y)
+    return _field(kernel, x, y, x0, y0, a, None, None, s2)
 
 
 def grad_sum_backward(kernel, x, y, a, s2, g, needs):
     need_x, need_y, need_a = needs
-    x, y = _center(x, y)
+    x, y, x0, y0 = _center(x, y)
     g = g.contiguous()
     B, N, D = x.shape
     M = y.shape[1]
@@ -278,14 +302,14 @@ def grad_sum_backward(kernel, x, y, a, s2, g, needs):
     if need_x:
         kw, inv = _common(kernel, x, y, s2)
         gx = torch.empty_like(x)
-        _hessian_kernel[_grid(B, N)](x, y, x if a is None else a.contiguous(), g, inv, gx, gx, N, M,
+        _hessian_kernel[_grid(B, N)](x, y, x0, y0, x if a is None else a.contiguous(), g, inv, gx, gx, N, M,
                                      HAS_A=a is not None, G_ON_ROWS=True, WANT_A=False, **kw)
     want_a = need_a and a is not None
     if need_y or want_a:
         kw, inv = _common(kernel, y, x, s2)
         gy = torch.empty_like(y)
         ga_buf = y.new_empty(B, M)
-        _hessian_kernel[_grid(B, M)](y, x, y if a is None else a.contiguous(), g, inv, gy, ga_buf, M, N,
+        _hessian_kernel[_grid(B, M)](y, x, y0, x0, y if a is None else a.contiguous(), g, inv, gy, ga_buf, M, N,
                                      HAS_A=a is not None, G_ON_ROWS=False, WANT_A=want_a, **kw)
         ga = ga_buf if want_a else None
         if not need_y:
