@@ -1,6 +1,6 @@
 """The sharded ops on the local backend, under torchrun: NCCL and the GPU kernels' log-sum-exp merge.
 
-    torchrun --standalone --nproc-per-node NGPU benchmarks/gpu_dist_check.py
+    torchrun --standalone --nproc-per-node NGPU benchmarks/gpu_dist_check.py [--small]
 
 Each rank takes cuda:LOCAL_RANK and NCCL (without CUDA: the CPU and gloo, to check this script),
 shards fixed float32 point sets unevenly, and compares every sharded op and its gradients with the
@@ -8,6 +8,7 @@ single-process op on the whole sets, on the backend "auto" picks (Triton or CUDA
 GPU the ring has no transfers, so the ring nodes are also called directly on two blocks of y held
 by the one rank, which checks the backends' lse convention (LSE_UNIT, exact logits) on the device.
 Prints one line per case; the exit status is 1 if any case is off by more than 1e-4 (relative).
+--small: about 300 points a side instead of 3000 (the CPU dry run of gpu_session.sh).
 """
 
 import os
@@ -38,7 +39,7 @@ def main():
     bad = 0
     for D, sigma in ((2, 0.3), (12, 1.0), (40, 3.0)):
         g = torch.Generator().manual_seed(D)
-        N, M = 3000 + 17 * world, 2500 + 5 * world
+        N, M = (300 + 17 * world, 250 + 5 * world) if "--small" in sys.argv[1:] else (3000 + 17 * world, 2500 + 5 * world)
         x = torch.randn(N, D, generator=g).to(dev)
         y = (torch.randn(M, D, generator=g) * 1.2 + 0.3).to(dev)
         xs = [N // world + (r < N % world) for r in range(world)]

@@ -13,6 +13,10 @@ from adaptive_cases import ADJOINT, FORWARD, LOG_PROB, make_adjoint, make_forwar
 pytest.importorskip("torchdiffeq")
 
 
+def headline(p):  # the default run (benchmarks/conftest.py): the first case of each kind
+    return p["case"] in (FORWARD[0], ADJOINT[0], LOG_PROB[0])
+
+
 def run(benchmark, fn):
     nfe = fn()  # warm-up, and the evaluation count (the same every round)
     benchmark.extra_info["nfe"] = nfe

@@ -16,6 +16,10 @@ torchdiffeq = pytest.importorskip("torchdiffeq")
 CASES = [(10_000, 2, 100), (10_000, 64, 100), (100_000, 2, 100), (10_000, 2, 1000), (1_000_000, 2, 100), (100_000, 64, 100)]
 
 
+def headline(p):  # the default run (benchmarks/conftest.py): one small and one large case
+    return (p["n"], p["d"], p["steps"]) in {(10_000, 2, 100), (100_000, 64, 100)}
+
+
 class OU(solvers.SDE):
     noise_type = "diagonal"
 

@@ -129,7 +129,7 @@ inline void sqdist_fixed(const T* o, const T* c, int64_t ld, int nb, T* r2) {
 }
 
 template <typename T>
-inline void sqdist_block(const T* o, T oo, const Inner<T>& in, int D, int64_t q0, int nb, T* r2) {
+inline void sqdist_block(const T* o, const Inner<T>& in, int D, int64_t q0, int nb, T* r2) {
   const T* c = in.pts + q0;
   switch (D) {  // the common small dimensions in one pass each
     case 1: return sqdist_fixed<T, 1>(o, c, in.L, nb, r2);
@@ -137,32 +137,20 @@ inline void sqdist_block(const T* o, T oo, const Inner<T>& in, int D, int64_t q0
     case 3: return sqdist_fixed<T, 3>(o, c, in.L, nb, r2);
     default: break;
   }
-  if (D <= EXACT_MAX_D) {
-    const T o0 = o[0];
-#pragma omp simd
-    for (int q = 0; q < nb; ++q) {
-      const T e = o0 - c[q];
-      r2[q] = e * e;
-    }
-    for (int d = 1; d < D; ++d) {
-      const T od = o[d];
-      const T* cd = c + d * in.L;
-#pragma omp simd
-      for (int q = 0; q < nb; ++q) {
-        const T e = od - cd[q];
-        r2[q] += e * e;
-      }
-    }
-    return;
-  }
-  dot_block(o, in, D, q0, nb, r2);
-  const T* nn = in.nrm + q0;
-  const T tol = T(8) * std::numeric_limits<T>::epsilon();
+  const T o0 = o[0];
 #pragma omp simd
   for (int q = 0; q < nb; ++q) {
-    const T s = oo + nn[q];
-    const T v = s - T(2) * r2[q];
-    r2[q] = v <= tol * s ? T(0) : v;  // below this, r² is round-off of the expansion
+    const T e = o0 - c[q];
+    r2[q] = e * e;
+  }
+  for (int d = 1; d < D; ++d) {
+    const T od = o[d];
+    const T* cd = c + d * in.L;
+#pragma omp simd
+    for (int q = 0; q < nb; ++q) {
+      const T e = od - cd[q];
+      r2[q] += e * e;
+    }
   }
 }
 
@@ -409,7 +397,7 @@ inline void kernel_fixed(const T* o, const T* c, int64_t ld, int nb, T ib, const
 }
 
 template <typename T, int KIND, int ORDER>
-inline void kernel_block(const T* o, T oo, const Inner<T>& in, int D, int64_t q0, int nb, const T* inv, int K,
+inline void kernel_block(const T* o, const Inner<T>& in, int D, int64_t q0, int nb, const T* inv, int K,
                          const Spec& s, T* r2, T* k0, T* k1, T* k2) {
   if (K == 1 && D <= 3) {
     const T* c = in.pts + q0;
@@ -417,31 +405,18 @@ inline void kernel_block(const T* o, T oo, const Inner<T>& in, int D, int64_t q0
     if (D == 2) return kernel_fixed<T, KIND, ORDER, 2>(o, c, in.L, nb, inv[0], s, k0, k1, k2);
     return kernel_fixed<T, KIND, ORDER, 3>(o, c, in.L, nb, inv[0], s, k0, k1, k2);
   }
-  sqdist_block(o, oo, in, D, q0, nb, r2);
+  sqdist_block(o, in, D, q0, nb, r2);
   radial_block<T, KIND, ORDER>(r2, nb, inv, K, s, k0, k1, k2);
 }
 
-// Logits of an outer point o against a block of inner points: −r²/(2σ²) from exact differences for
-// D <= 8, else the flash form (o·c − |c|²/2)/σ² (reference._logits), where |c|² is the inner
-// norm nn[q] when the inner points are the y, or the outer point's own norm `on` when it is.
+// Logits −r²/(2σ²) of an outer point o against a block of inner points, from exact differences
+// (the row path runs for D <= EXACT_MAX_D only; above it, cpu_tiles.h).
 template <typename T>
-inline void logits_block(const T* o, T oo, const Inner<T>& in, int D, int64_t q0, int nb, T ib, const T* nn, T on,
-                         T* l) {
-  if (D <= EXACT_MAX_D) {
-    sqdist_block(o, oo, in, D, q0, nb, l);
-    const T c = T(-0.5) * ib;
+inline void logits_block(const T* o, const Inner<T>& in, int D, int64_t q0, int nb, T ib, T* l) {
+  sqdist_block(o, in, D, q0, nb, l);
+  const T c = T(-0.5) * ib;
 #pragma omp simd
-    for (int q = 0; q < nb; ++q) l[q] *= c;
-    return;
-  }
-  dot_block(o, in, D, q0, nb, l);
-  if (nn) {
-#pragma omp simd
-    for (int q = 0; q < nb; ++q) l[q] = (l[q] - T(0.5) * nn[q]) * ib;
-  } else {
-#pragma omp simd
-    for (int q = 0; q < nb; ++q) l[q] = (l[q] - T(0.5) * on) * ib;
-  }
+  for (int q = 0; q < nb; ++q) l[q] *= c;
 }
 
 // d_ij · g_i = x_i·g_i − y_j·g_i in place of dg (which holds y_j·g_i), k' doubled in place, and
@@ -507,12 +482,11 @@ void integral_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
     const T* xi = x + (b * z.N + i) * z.D;
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
     const T* vb = vT ? vT + b * z.P * z.Mp : nullptr;
-    const T xx = sqnorm(xi, z.D);
     T* o = out + (b * z.N + i) * z.P;
     for (int p = 0; p < z.P; ++p) o[p] = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      kernel_block<T, KIND, 0>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, nullptr, nullptr);
+      kernel_block<T, KIND, 0>(xi, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, nullptr, nullptr);
       if (!vb) {
         o[0] += sum_block(k0, nb);
       } else if (z.P <= 4) {  // one pass (wsum_fixed's sums of k0 times the values' rows)
@@ -535,12 +509,11 @@ void integral_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
     const T* gi = g + (b * z.N + i) * z.P;
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
     const T* vb = vT ? vT + b * z.P * z.Mp : nullptr;
-    const T xx = sqnorm(xi, z.D);
     std::vector<T> acc(z.D, T(0));
     T* a = acc.data();
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      kernel_block<T, KIND, 1>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
+      kernel_block<T, KIND, 1>(xi, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
       if (!vb) {
         const T c = T(2) * gi[0];
 #pragma omp simd
@@ -577,13 +550,12 @@ void integral_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
     const T* vj = v ? v + (b * z.M + j) * z.P : nullptr;
     const Inner<T> in{xT + b * z.D * z.Np, xn ? xn + b * z.N : nullptr, z.Np};
     const T* gb = gT + b * z.P * z.Np;
-    const T yy = sqnorm(yj, z.D);
     std::vector<T> a(z.D + z.P, T(0));
     T* ay = a.data();
     T* av = a.data() + z.D;
     for (int64_t q0 = 0; q0 < z.N; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.N - q0));
-      kernel_block<T, KIND, ORDER>(yj, yy, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
+      kernel_block<T, KIND, ORDER>(yj, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
       if (gv) wsum_coords(k0, Inner<T>{gb, nullptr, z.Np}, z.P, q0, nb, av);
       if constexpr (ORDER >= 1) {
         if (gy) {
@@ -623,11 +595,10 @@ void grad_sum_fwd(const Sizes& z, const Spec& s, const T* x, const T* yT, const 
     const T* xi = x + (b * z.N + i) * z.D;
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
     const T* ab = a ? a + b * z.M : nullptr;
-    const T xx = sqnorm(xi, z.D);
     std::vector<T> acc(z.D, T(0));
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      kernel_block<T, KIND, 1>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
+      kernel_block<T, KIND, 1>(xi, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, nullptr);
       if (ab) {
         const T* aq = ab + q0;
 #pragma omp simd
@@ -654,12 +625,11 @@ void grad_sum_bwd_x(const Sizes& z, const Spec& s, const T* x, const T* yT, cons
     const T* gi = g + (b * z.N + i) * z.D;
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
     const T* ab = a ? a + b * z.M : nullptr;
-    const T xx = sqnorm(xi, z.D);
     std::vector<T> acc(z.D, T(0));
     T asum = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      kernel_block<T, KIND, 2>(xi, xx, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, k2);
+      kernel_block<T, KIND, 2>(xi, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, k2);
       gdiff_row(xi, gi, in, z.D, q0, nb, dg);  // (x_i − y_j) · g_i
       const T* aq = ab ? ab + q0 : nullptr;
 #pragma omp simd
@@ -686,14 +656,13 @@ void grad_sum_bwd_y(const Sizes& z, const Spec& s, const T* y, const T* xT, cons
     const Inner<T> in{xT + b * z.D * z.Np, xn ? xn + b * z.N : nullptr, z.Np};
     const Inner<T> gin{gT + b * z.D * z.Np, nullptr, z.Np};
     const T aj = a ? a[b * z.M + j] : T(1);
-    const T yy = sqnorm(yj, z.D);
     std::vector<T> acc(2 * z.D, T(0));
     T* cy = acc.data();       // Σ C_ij (y_j − x_i)
     T* ag = acc.data() + z.D;  // Σ 2k'_ij g_i
     T gasum = T(0);
     for (int64_t q0 = 0; q0 < z.N; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.N - q0));
-      kernel_block<T, KIND, ORDER>(yj, yy, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, k2);
+      kernel_block<T, KIND, ORDER>(yj, in, z.D, q0, nb, inv + b * z.inv_bs, z.K, s, r2, k0, k1, k2);
       gdiff_col(yj, gin, in, z.D, q0, nb, dg);  // (x_i − y_j) · g_i
       gasum += scale_and_ga(dg, k1, nb, ga != nullptr);
       if constexpr (ORDER >= 2) {
@@ -722,7 +691,6 @@ void softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T* 
     const T* xi = x + (b * z.N + i) * z.D;
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
     const T ib = inv[b * z.inv_bs];
-    const T xx = sqnorm(xi, z.D);
     std::vector<T> acc(z.D, T(0));
     T m = -std::numeric_limits<T>::infinity(), tot = T(0);
     switch (z.D) {  // two passes per block for the common small dimensions
@@ -734,17 +702,7 @@ void softmax_fwd(const Sizes& z, const T* x, const T* yT, const T* yn, const T* 
     }
     for (int64_t q0 = 0; z.D > 4 && q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      if (z.D <= EXACT_MAX_D) {
-        sqdist_block(xi, xx, in, z.D, q0, nb, l);
-        const T c = T(-0.5) * ib;
-#pragma omp simd
-        for (int q = 0; q < nb; ++q) l[q] *= c;
-      } else {
-        dot_block(xi, in, z.D, q0, nb, l);
-        const T* nn = in.nrm + q0;
-#pragma omp simd
-        for (int q = 0; q < nb; ++q) l[q] = (l[q] - T(0.5) * nn[q]) * ib;
-      }
+      logits_block(xi, in, z.D, q0, nb, ib, l);
       const T bm = block_max(l, nb, -std::numeric_limits<T>::infinity());
       const T mn = std::max(m, bm);
       const T scale = std::exp(m - mn);  // 0 on the first block
@@ -772,13 +730,12 @@ void softmax_bwd_x(const Sizes& z, const T* x, const T* yT, const T* yn, const T
     const T* gi = g + (b * z.N + i) * z.D;
     const Inner<T> in{yT + b * z.D * z.Mp, yn ? yn + b * z.M : nullptr, z.Mp};
     const T ib = inv[b * z.inv_bs];
-    const T xx = sqnorm(xi, z.D);
     const T li = lse[b * z.N + i], gm = gmu[b * z.N + i];
     std::vector<T> acc(z.D, T(0));
     T csum = T(0);
     for (int64_t q0 = 0; q0 < z.M; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.M - q0));
-      logits_block(xi, xx, in, z.D, q0, nb, ib, in.nrm ? in.nrm + q0 : nullptr, T(0), l);
+      logits_block(xi, in, z.D, q0, nb, ib, l);
       dot_block(gi, in, z.D, q0, nb, gy);
 #pragma omp simd
       for (int q = 0; q < nb; ++q) l[q] = fexp(l[q] - li) * (gy[q] - gm);
@@ -804,8 +761,6 @@ void softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const T
     const Inner<T> in{xT + b * z.D * z.Np, nullptr, z.Np};
     const Inner<T> gin{gT + b * z.D * z.Np, nullptr, z.Np};
     const T ib = inv[b * z.inv_bs];
-    const T yy = sqnorm(yj, z.D);
-    const T ynj = yn ? yn[b * z.M + j] : T(0);
     const T* lb = lse + b * z.N;
     const T* gmb = gmu + b * z.N;
     std::vector<T> acc(2 * z.D, T(0));
@@ -813,7 +768,7 @@ void softmax_bwd_y(const Sizes& z, const T* y, const T* xT, const T* yn, const T
     T* cx = acc.data() + z.D;  // Σ c_ij (y_j − x_i), from the differences
     for (int64_t q0 = 0; q0 < z.N; q0 += JB) {
       const int nb = static_cast<int>(std::min<int64_t>(JB, z.N - q0));
-      logits_block(yj, yy, in, z.D, q0, nb, ib, static_cast<const T*>(nullptr), ynj, l);
+      logits_block(yj, in, z.D, q0, nb, ib, l);
       dot_block(yj, gin, z.D, q0, nb, c);  // g_i · y_j
       const T* lq = lb + q0;
       const T* gq = gmb + q0;

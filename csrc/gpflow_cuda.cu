@@ -2,7 +2,8 @@
 //
 // No torch headers: Python passes raw device pointers, sizes, a dtype code and the CUDA stream,
 // so this one source builds against any nvcc and any torch. Inputs are contiguous (B, N, D)
-// arrays already centred by the caller (gpflow_kernels/_cuda.py); bandwidths come as 1/σ²,
+// arrays (gpflow_kernels/_cuda.py): uncentred for the pair sums, whose r² and fields come from
+// per-pair differences; centred on y's mean for the soft assignment. Bandwidths come as 1/σ²,
 // (B or 1, K). The contract and the oracle are gpflow_kernels/reference.py.
 //
 // Layout: one thread per query row x_i (its coordinates and accumulators live in registers),
@@ -134,7 +135,6 @@ __global__ void grad_sum_kernel(const T* __restrict__ x, const T* __restrict__ y
   __shared__ T ys[TILE * MAXD];
   __shared__ T as[TILE];
   T xi[MAXD], acc[MAXD];
-  T wsum = T(0);
 #pragma unroll
   for (int d = 0; d < MAXD; ++d) {
     xi[d] = (i < N && d < D) ? x[(size_t)i * D + d] : T(0);
@@ -149,18 +149,20 @@ __global__ void grad_sum_kernel(const T* __restrict__ x, const T* __restrict__ y
       const T r2 = sqdist(xi, ys + jj * D, D);
       T k0, k1;
       radial(r2, inv_s2, K, ks, k0, k1);
-      T w = T(2) * k1 * as[jj];
-      wsum += w;
+      const T w = T(2) * k1 * as[jj];
+      // Σ_j w_ij (x_i − y_j) from each pair's own difference: x_i Σ_j w_ij − Σ_j w_ij y_j would
+      // cancel whenever one weight is large (the self pair of x_ref = x, near pairs at small σ)
+      // and wipe out the rest of the field (issue #27).
 #pragma unroll
       for (int d = 0; d < MAXD; ++d)
-        if (d < D) acc[d] += w * ys[jj * D + d];
+        if (d < D) acc[d] += w * (xi[d] - ys[jj * D + d]);
     }
     __syncthreads();
   }
   if (i < N) {
 #pragma unroll
     for (int d = 0; d < MAXD; ++d)
-      if (d < D) out[(size_t)i * D + d] = xi[d] * wsum - acc[d];
+      if (d < D) out[(size_t)i * D + d] = acc[d];
   }
 }
 

@@ -2,7 +2,10 @@
 the primitive contract of gpflow_kernels.reference.
 
 The extension implements the forward reductions (kernel integral, gradient sum, Gaussian soft
-assignment) for D <= 8 with exact differences, one x row per thread. Backward passes run on the
+assignment) for D <= 8 with exact differences, one x row per thread. The pair sums take the
+points uncentred and form r² and the field Σ_j w_ij (x_i − y_j) from each pair's difference (as
+the reference's exact range does: no cancellation between x_i Σ w and Σ w y); the soft assignment
+takes them centred on y's mean and adds the mean back to μ. Backward passes run on the
 fused Triton kernels where triton imports (integral and gradient sum), else on the tiled torch
 reference; the soft assignment's backward always uses the reference, whose log-sum-exp
 convention for D <= 8 (natural log of −r²/(2σ²)) the CUDA forward matches.
@@ -40,7 +43,7 @@ def _launch_args(kernel, x, s2):
 
 
 def integral(kernel, x, y, v, s2):
-    x, y, _ = reference.centred(x, y)
+    x, y = x.contiguous(), y.contiguous()
     B, N, D = x.shape
     M = y.shape[1]
     P = 1 if v is None else v.shape[-1]
@@ -53,7 +56,7 @@ def integral(kernel, x, y, v, s2):
 
 
 def grad_sum(kernel, x, y, a, s2):
-    x, y, _ = reference.centred(x, y)
+    x, y = x.contiguous(), y.contiguous()
     B, N, D = x.shape
     M = y.shape[1]
     inv, inv_bs, kind, pc, ph, peps2, dtype, stream = _launch_args(kernel, x, s2)

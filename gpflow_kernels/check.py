@@ -8,7 +8,9 @@ the same with ``backend="torch"`` in float64 on the same (rounded) inputs. The e
 the largest, over the output and the gradients, of ‖got − ref‖ / ‖ref‖; budgets: 1e-9 in float64,
 1e-4 in float32, 2e-2 in bfloat16 (where the backend takes it). The shapes are ragged (not multiples
 of any tile) and batched. One row is printed per case as soon as it is known; ``--json PATH``
-writes every row and the environment (written whole at the end, through a temporary file).
+writes every row and the environment (written whole at the end, through a temporary file);
+``--jsonl PATH`` appends each row as one JSON line the moment it is measured (the environment
+first), so a run cut off from outside keeps every row it finished.
 
 The budgets are the backends' agreement with the reference on benign data (points spread at unit
 scale, σ ≈ 0.7·sqrt(D)). Then the accuracy contract's hard cases (gpflow_kernels.accuracy: self
@@ -126,9 +128,10 @@ def _time(fn: Callable[[], Any], device: torch.device, reps: int) -> float:
     return ts[len(ts) // 2]
 
 
-def cases(device: torch.device, quick: bool, ops_filter: Optional[Sequence[str]] = None):
+def cases(device: torch.device, quick: bool, ops_filter: Optional[Sequence[str]] = None,
+          dims: Optional[Sequence[int]] = None):
     """(op, kernel, D, dtype, backend) of every case to check here."""
-    dims = QUICK_DIMS if quick else DIMS
+    dims = dims or (QUICK_DIMS if quick else DIMS)
     kernels = ("gaussian", "imq") if quick else tuple(KERNELS)
     dtypes = [torch.float32, torch.float64]
     for name, (_, _, gaussian_only) in OPS.items():
@@ -141,7 +144,7 @@ def cases(device: torch.device, quick: bool, ops_filter: Optional[Sequence[str]]
                         yield name, kern, D, dt, be
 
 
-def _contract(dev: torch.device, quick: bool, rows: List[Dict[str, Any]], out: Callable[[str], None]) -> None:
+def _contract(dev: torch.device, quick: bool, rows: "_Rows", out: Callable[[str], None]) -> None:
     """The accuracy contract's hard cases on every backend usable here, one row each."""
     for case, kern, D, dt, run in accuracy.hard_cases(quick):
         for be in backends(dev, D):
@@ -161,13 +164,33 @@ def _contract(dev: torch.device, quick: bool, rows: List[Dict[str, Any]], out: C
                 f"{'pass' if row['ok'] else 'FAIL'} | - | - |" + (f" {row['error']}" if "error" in row else ""))
 
 
+class _Rows(list):
+    """The rows so far; each appended row also goes to the JSON-lines file at once, when there is one."""
+
+    def __init__(self, jsonl_path: Optional[str], env: Dict[str, Any]):
+        super().__init__()
+        self.path = jsonl_path
+        if self.path is not None:
+            with open(self.path, "w") as f:
+                f.write(json.dumps({"environment": env}) + "\n")
+
+    def append(self, row: Dict[str, Any]) -> None:
+        super().append(row)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
 def run_check(device: str = "cpu", quick: bool = False, json_path: Optional[str] = None,
               ops_filter: Optional[Sequence[str]] = None, out: Callable[[str], None] = print,
-              sizes: Optional[tuple] = None) -> int:
+              sizes: Optional[tuple] = None, dims: Optional[Sequence[int]] = None,
+              jsonl_path: Optional[str] = None) -> int:
     """Check every case (see the module doc); returns the exit status: 0 all passed, 1 otherwise.
 
     sizes: (B, N, M) of the checked arrays (default (2, 37, 29) on the CPU, quick (2, 13, 11), and
-    (2, 3001, 2503) on a GPU). Timings are of the forward pass on the same arrays.
+    (2, 3001, 2503) on a GPU). Timings are of the forward pass on the same arrays. dims: the point
+    dimensions D to check (default: DIMS, or QUICK_DIMS with quick); the contract's cases keep theirs.
+    jsonl_path: a file that gets one JSON line per row as soon as it is measured.
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -178,9 +201,9 @@ def run_check(device: str = "cpu", quick: bool = False, json_path: Optional[str]
     reps = 3 if dev.type == "cpu" else 10
     out("| op | kernel | D | dtype | backend | rel err | budget | ok | median ms | pairs/s |")
     out("|---|---|---|---|---|---|---|---|---|---|")
-    rows: List[Dict[str, Any]] = []
+    rows = _Rows(jsonl_path, env)
     refs: Dict[tuple, Any] = {}
-    for name, kern, D, dt, be in cases(dev, quick, ops_filter):
+    for name, kern, D, dt, be in cases(dev, quick, ops_filter, dims):
         fn, wrt, _ = OPS[name]
         g = torch.Generator().manual_seed(D)
         base = {"x": torch.randn(B, N, D, generator=g, dtype=torch.float64),
@@ -215,7 +238,7 @@ def run_check(device: str = "cpu", quick: bool = False, json_path: Optional[str]
     if json_path is not None:
         tmp = f"{json_path}.tmp-{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump({"environment": env, "rows": rows, "failures": len(bad)}, f, indent=1)
+            json.dump({"environment": env, "rows": list(rows), "failures": len(bad)}, f, indent=1)
         os.replace(tmp, json_path)
     if bad:
         names = sorted({f"{r['op']}/{r['backend']}/{r['dtype']}" for r in bad})

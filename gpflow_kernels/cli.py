@@ -6,7 +6,7 @@
     gpflow run METHOD ... --resume                  continue a run from its checkpoint
     gpflow run METHOD ... --overwrite               start over in a folder that holds a run
     gpflow compare --data NAME --out DIR            several methods, one budget, a table
-    gpflow check [--quick] [--device cuda] [--json PATH]   every op and backend against float64
+    gpflow check [--quick] [--device cuda] [--json PATH] [--jsonl PATH]   every op and backend against float64
 
 Every argument, option and the output folder are checked before torch is imported (torch takes
 seconds to import), so a mistake is reported at once and before anything is written. Failures are
@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--quick", action="store_true", help="a small grid (two kernels, D = 1, 3, 17, 130)")
     k.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     k.add_argument("--json", default=None, metavar="PATH", help="write every row and the environment to PATH")
+    k.add_argument("--jsonl", default=None, metavar="PATH",
+                   help="append each row to PATH as one JSON line the moment it is measured")
     k.add_argument("--ops", default=None, help="comma-separated ops to check (default: all)")
+    k.add_argument("--dims", default=None, help="comma-separated point dimensions D (default: 1,2,3,16,17,64,130,512; "
+                                                "--quick: 1,3,17,130)")
     k.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     return p
 
@@ -175,14 +179,23 @@ def _check(args) -> int:
     names = None if args.ops is None else [s.strip() for s in args.ops.split(",") if s.strip()]
     if names is not None and (not names or set(names) - set(CHECK_OPS)):
         raise RunError(f"--ops: unknown op(s) {sorted(set(names) - set(CHECK_OPS))}; choose from {', '.join(CHECK_OPS)}")
-    if args.json is not None:
-        parent = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(parent):
-            raise RunError(f"--json {args.json}: the folder {parent} does not exist")
+    dims = None
+    if args.dims is not None:
+        try:
+            dims = [int(s) for s in args.dims.split(",") if s.strip()]
+        except ValueError:
+            dims = []
+        if not dims or min(dims) < 1:
+            raise RunError(f"--dims {args.dims!r}: expected comma-separated integers >= 1, e.g. --dims 2,17")
+    for flag, path in (("--json", args.json), ("--jsonl", args.jsonl)):
+        if path is not None:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent):
+                raise RunError(f"{flag} {path}: the folder {parent} does not exist")
     from .check import run_check
 
     return run_check(args.device, quick=args.quick, json_path=args.json, ops_filter=names,
-                     out=lambda line: print(line, flush=True))
+                     out=lambda line: print(line, flush=True), dims=dims, jsonl_path=args.jsonl)
 
 
 def _fail(code: int, text: str) -> int:

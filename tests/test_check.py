@@ -24,8 +24,9 @@ def test_quick_check_passes_on_this_cpu_prints_rows_and_writes_json(tmp_path):
     """As a user runs it: a fresh process, no Triton interpreter (so: torch and, where built, cpu)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    out = tmp_path / "check.json"
-    res = subprocess.run([sys.executable, "-m", "gpflow_kernels", "check", "--quick", "--json", str(out)],
+    out, live = tmp_path / "check.json", tmp_path / "check.jsonl"
+    res = subprocess.run([sys.executable, "-m", "gpflow_kernels", "check", "--quick", "--json", str(out),
+                          "--jsonl", str(live)],
                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     lines = res.stdout.splitlines()
@@ -34,6 +35,9 @@ def test_quick_check_passes_on_this_cpu_prints_rows_and_writes_json(tmp_path):
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert data["failures"] == 0 and len(rows) == len(lines) - 4  # header, table head and rule, summary
+    # the same rows, one JSON line each as measured, after the environment
+    streamed = [json.loads(s) for s in live.read_text().splitlines()]
+    assert streamed == [{"environment": data["environment"]}] + rows
     seen = {(r["op"], r["backend"], r["dtype"]) for r in rows}
     for op in check.OPS:
         for dt in ("float32", "float64"):
@@ -54,6 +58,11 @@ def test_quick_check_passes_on_this_cpu_prints_rows_and_writes_json(tmp_path):
 
 @pytest.fixture
 def no_triton(monkeypatch):
+    # Our Triton kernels are made (@triton.jit) on first import, in the mode TRITON_INTERPRET says
+    # then: import them first, so that a later test in this process still gets the interpreter.
+    from gpflow_kernels import ops
+
+    ops._triton_module()
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # backends() reads it per call: triton is left out
 
 
@@ -102,6 +111,9 @@ def test_a_kernel_that_raises_is_a_failed_row_and_the_check_goes_on(no_triton, m
     (["check", "--ops", "mmd_field,nope"], "--ops: unknown op(s) ['nope']"),
     (["check", "--device", "tpu"], "--device 'tpu' is not a device"),
     (["check", "--json", "/nonexistent-folder/c.json"], "--json /nonexistent-folder/c.json: the folder"),
+    (["check", "--jsonl", "/nonexistent-folder/c.jsonl"], "--jsonl /nonexistent-folder/c.jsonl: the folder"),
+    (["check", "--dims", "2,x"], "--dims '2,x': expected comma-separated integers >= 1"),
+    (["check", "--dims", "0"], "--dims '0': expected comma-separated integers >= 1"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(argv, match, capsys):
     assert cli.main(argv) == 2
