@@ -12,6 +12,7 @@ for any torch. Environment:
   GPFLOW_CPU_ARCH           the -march value, default "native" (the extension is built where it
                             runs; set e.g. "x86-64-v3" for a build that other machines load)
   CXX                       the C++ compiler, default c++ or g++ on PATH
+  GPFLOW_CPU_VEC_BYTES      16, 32 or 64: the CPU kernels' vector width (default: 64 with AVX-512, else 32)
   GPFLOW_BUILD_CUDA=1       build the CUDA extension, and fail if nvcc is missing or the build fails
   GPFLOW_BUILD_CUDA=0       never build it
   (unset)                   build each extension when its compiler is found
@@ -114,6 +115,10 @@ class NinjaBuildExt(build_ext):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         os.makedirs(tmp, exist_ok=True)
         march = os.environ.get("GPFLOW_CPU_ARCH", "native").strip() or "native"
+        vec = os.environ.get("GPFLOW_CPU_VEC_BYTES", "").strip()  # default: the registers' width
+        if vec and vec not in ("16", "32", "64"):
+            raise SystemExit(f"GPFLOW_CPU_VEC_BYTES must be 16, 32 or 64, got {vec!r}")
+        march += f" -DGPFLOW_VEC_BYTES={vec}" if vec else ""
         includes = f"-I{pybind11.get_include()} -I{sysconfig.get_paths()['include']}"
         src = os.path.abspath(ext.sources[0])
         # Two objects of about equal compile time (GPFLOW_CPU_PART in the source), which ninja

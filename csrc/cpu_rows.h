@@ -14,23 +14,34 @@
 namespace gpflow_cpu {
 
 // ---------------------------------------------------------------------------------------------
-// explicit vectors: GCC vector extensions, 64 bytes (GCC splits them where the machine has
-// narrower ones)
+// explicit vectors: GCC vector extensions as wide as the machine's registers: 64 bytes with
+// AVX-512, else 32. Wider ones than the registers are split by GCC, and the tiles' MR × 2 and
+// MR × 4 accumulators then need twice the registers there are: on an AVX2 machine (znver3) the
+// 64-byte build ran the D > 8 tiles 7-10x slower than torch's matrix products (RESULTS.md).
+// PADQ and PADD below are multiples of either width. GPFLOW_VEC_BYTES (setup.py:
+// GPFLOW_CPU_VEC_BYTES=16|32|64) overrides the choice.
+#if defined(GPFLOW_VEC_BYTES)
+constexpr int VEC_BYTES = GPFLOW_VEC_BYTES;
+#elif defined(__AVX512F__)
+constexpr int VEC_BYTES = 64;
+#else
+constexpr int VEC_BYTES = 32;
+#endif
 
 template <typename T>
 struct VecT;
 template <>
 struct VecT<float> {
-  typedef float type __attribute__((vector_size(64)));
+  typedef float type __attribute__((vector_size(VEC_BYTES)));
 };
 template <>
 struct VecT<double> {
-  typedef double type __attribute__((vector_size(64)));
+  typedef double type __attribute__((vector_size(VEC_BYTES)));
 };
 template <typename T>
 using Vec = typename VecT<T>::type;
 template <typename T>
-constexpr int LANES = 64 / sizeof(T);
+constexpr int LANES = VEC_BYTES / sizeof(T);
 
 template <typename T>
 inline Vec<T> vload(const T* p) {

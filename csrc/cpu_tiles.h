@@ -18,8 +18,8 @@ namespace gpflow_cpu {
 // products of each pair run as small register-blocked matrix products ("GEMM with the kernel in
 // the epilogue"): tile_dots gives the MR × JBT dot products from the transposed inner points, the
 // kernel and weights are computed on that tile in L1, and tile_reduce adds Σ_q w[r][q] C[q][:]
-// from the row-major inner points with MR × 4 vector accumulators. GCC vector extensions (64-byte
-// vectors, from cpu_rows.h; GCC splits them where the machine has narrower ones) make the blocking
+// from the row-major inner points with MR × 4 vector accumulators. GCC vector extensions (as wide
+// as the machine's registers, from cpu_rows.h: 64 bytes with AVX-512, else 32) make the blocking
 // explicit.
 
 constexpr int MR = 6;     // outer points per tile

@@ -7,10 +7,11 @@ Under ``"auto"`` the primitive is instead computed by the tiled torch reference,
 naming the primitive, the dtype, D and the error, and that configuration keeps using the reference
 for the rest of the process. ``backend="triton"`` (or ``"cuda"``) still raises.
 
-Covered: the kernel integral and gradient sum, forward and backward (mmd_field, mmd2,
-kernel_integral, svgd_field). Not covered yet: the Gaussian soft assignment (kde_score,
-kde_denoiser), whose log-normaliser is in each backend's own convention, and calls under
-torch.compile/export (they run the registered operators, whose failures propagate).
+Covered: every primitive, forward and backward: the kernel integral and gradient sum (mmd_field,
+mmd2, kernel_integral, svgd_field) and the Gaussian soft assignment (kde_score, kde_denoiser), whose
+log-normaliser is converted between the backend's unit (``LSE_UNIT``: log2 for Triton) and the
+reference's, so that a forward pass on one and a backward pass on the other agree. Not covered:
+calls under torch.compile/export (they run the registered operators, whose failures propagate).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from . import reference
 #: (primitive, dtype, D, kernel) -> the error, for the configurations that failed in this process
 FAILED: Dict[Tuple[str, str, int, str], str] = {}
 
-GUARDED = ("integral", "integral_backward", "grad_sum", "grad_sum_backward")
+GUARDED = ("integral", "integral_backward", "grad_sum", "grad_sum_backward", "softmax_mean",
+           "softmax_mean_backward")
 
 
 class GuardedModule:
@@ -38,12 +40,25 @@ class GuardedModule:
         fn = getattr(self.module, name)
         if name not in GUARDED:
             return fn
+        soft = name.startswith("softmax")
+        unit = getattr(self.module, "LSE_UNIT", 1.0) / reference.LSE_UNIT  # backend lse = unit × reference lse
 
-        def call(kernel, x, *rest):
-            key = (name, str(x.dtype).replace("torch.", ""), int(x.shape[-1]), repr(kernel))
+        def fallback(*args):
+            if name == "softmax_mean":
+                mu, lse = reference.softmax_mean(*args)
+                return mu, lse * unit
+            if name == "softmax_mean_backward":
+                x, y, s2, lse, *rest = args
+                return reference.softmax_mean_backward(x, y, s2, lse / unit, *rest)
+            return getattr(reference, name)(*args)
+
+        def call(*args):
+            x = args[0] if soft else args[1]
+            kern = "gaussian" if soft else repr(args[0])
+            key = (name, str(x.dtype).replace("torch.", ""), int(x.shape[-1]), kern)
             if key not in FAILED:
                 try:
-                    return fn(kernel, x, *rest)
+                    return fn(*args)
                 except (ValueError, TypeError):
                     raise  # an argument error of ours: the same on any backend
                 except Exception as e:  # compile or launch failure
@@ -53,6 +68,6 @@ class GuardedModule:
                                   f"{key[3]}) failed ({FAILED[key]}); backend='auto' uses the tiled torch path "
                                   f"for it from now on in this process (backend='{self.backend}' would raise)",
                                   RuntimeWarning, stacklevel=3)
-            return getattr(reference, name)(kernel, x, *rest)
+            return fallback(*args)
 
         return call

@@ -3,7 +3,7 @@
     gpflow methods                                  list the methods and their options
     gpflow run METHOD --data NAME --out DIR         train + sample + metrics.json + PNGs + checkpoint
     gpflow run METHOD --data points.npy --out DIR   the same on your (N, D) points (.npy .npz .pt .csv)
-    gpflow run METHOD ... --resume                  continue a run from its checkpoint
+    gpflow run METHOD ... --resume [auto]           continue a run from its checkpoint (auto: if there is one)
     gpflow run METHOD ... --overwrite               start over in a folder that holds a run
     gpflow compare --data NAME --out DIR            several methods, one budget, a table
     gpflow check [--quick] [--device cuda] [--json PATH] [--jsonl PATH]   every op and backend against float64
@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .data import paths as data_paths
 from .methods.options import COMPARE_DEFAULT, DATA_NAMES, IMAGE_DATA, OPTIONS, OptionError
-from .methods.outdir import Interrupted, RunError, RunFailed, check
+from .methods.outdir import Interrupted, RunError, RunFailed, check, resolve_resume
 from .methods.signals import DeferredSignals
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -102,9 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="a method option (repeatable); compare gives it to every method that has it")
     r.add_argument("--samples", type=int, default=None, help="samples for the metrics and figures (>= 2)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    r.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto",
+                   help="continue the run in --out from its checkpoint; '--resume auto': continue it if there is "
+                        "one, else start (what a run restarted by torchrun's elastic agent does)")
     r.add_argument("--overwrite", action="store_true", help="start over in an --out that holds a run")
     r.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every this many training steps")
+    r.add_argument("--keep", type=int, default=1, metavar="K",
+                   help="keep the last K checkpoints (checkpoint-STEP.pt beside checkpoint.pt; default 1: the latest)")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     k = sub.add_parser("check", help="every op on every backend usable here, forward and backward, against the "
                                      "float64 reference, with a median time; exit 1 on any failure")
@@ -144,15 +148,18 @@ def _checked_run(args) -> Dict[str, Any]:
         raise RunError(f"unknown method {args.method!r}; choose one of {', '.join(OPTIONS)} (see 'gpflow methods')")
     if args.ckpt_every < 1:
         raise RunError(f"--ckpt-every must be >= 1, got {args.ckpt_every}")
+    if args.keep < 1:
+        raise RunError(f"--keep must be >= 1, got {args.keep}")
     if args.samples is not None and args.samples < 2:
         raise RunError(f"--samples must be >= 2, got {args.samples}")
     opts = parse_sets(args.method, args.set)
     if args.steps is not None:
         opts["steps"] = args.steps
     OPTIONS[args.method].build(args.method, opts, is_image=args.data in IMAGE_DATA)
-    check(args.out, resume=args.resume, overwrite=args.overwrite)
-    return dict(options=opts, seed=args.seed, device=args.device, resume=args.resume, overwrite=args.overwrite,
-                n_samples=args.samples, ckpt_every=args.ckpt_every, plots=not args.no_plots, progress=not args.quiet)
+    resume, overwrite = resolve_resume(args.out, args.resume, args.overwrite)
+    check(args.out, resume=resume, overwrite=overwrite)
+    return dict(options=opts, seed=args.seed, device=args.device, resume=resume, overwrite=overwrite,
+                n_samples=args.samples, ckpt_every=args.ckpt_every, keep=args.keep, plots=not args.no_plots, progress=not args.quiet)
 
 
 def _checked_compare(args) -> Tuple[List[str], Dict[str, Dict[str, Any]]]:

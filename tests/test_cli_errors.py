@@ -355,3 +355,74 @@ def test_a_failing_checkpoint_write_is_one_line_and_keeps_the_last_good_one(tmp_
     assert "writing the checkpoint at step 10 failed (No space left on device)" in line
     assert "last good checkpoint (step 5)" in line
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
+
+
+def test_a_checkpoint_write_killed_halfway_leaves_the_previous_one_readable(tmp_path, capsys, monkeypatch):
+    """The second checkpoint's bytes stop halfway (the disk fills while torch.save writes): the file
+    being written is a temporary one, so checkpoint.pt is still the first, whole and loadable, and
+    no temporary file is left."""
+    import gpflow_kernels.methods.runner as runner
+
+    real = torch.save
+    calls = {"n": 0}
+
+    def half(obj, path, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return real(obj, path, *a, **k)
+
+    monkeypatch.setattr(runner.torch, "save", half)
+    out = tmp_path / "o"
+    line = one_error_line(*gpflow(capsys, "run", "gan", "--data", "moons", "--out", out, *FAST_GAN, "--ckpt-every", "5"),
+                          expected_code=1)
+    assert "writing the checkpoint at step 10 failed (No space left on device)" in line
+    monkeypatch.setattr(runner.torch, "save", real)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 5
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+    # and the run goes on from it
+    assert gpflow(capsys, "run", "gan", "--data", "moons", "--out", out, *FAST_GAN, "--resume", "auto")[0] == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 20
+
+
+def test_keep_k_keeps_the_last_k_checkpoints(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert gpflow(capsys, "run", "gan", "--data", "moons", "--out", out, *FAST_GAN, "--ckpt-every", "5",
+                  "--keep", "3")[0] == 0
+    kept = sorted(p.name for p in out.glob("checkpoint-*.pt"))
+    assert kept == ["checkpoint-000000010.pt", "checkpoint-000000015.pt", "checkpoint-000000020.pt"]
+    for name in kept:
+        assert torch.load(out / name, weights_only=True)["step"] == int(name[11:20])
+    latest = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert latest["step"] == 20 and not list(out.glob(".*tmp"))
+    # --overwrite starts over: the kept checkpoints of the old run go too
+    assert gpflow(capsys, "run", "gan", "--data", "moons", "--out", out, *FAST_GAN, "--overwrite")[0] == 0
+    assert not list(out.glob("checkpoint-*.pt"))
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--keep", "0"], "--keep must be >= 1, got 0"),
+    (["--resume", "maybe"], "--resume takes no value or 'auto', got 'maybe'"),
+    (["--resume", "auto", "--overwrite"], "--resume auto continues a run when there is one and --overwrite"),
+])
+def test_keep_and_resume_arguments_are_checked(tmp_path, capsys, argv, match):
+    line = one_error_line(*gpflow(capsys, "run", "gan", "--data", "moons", "--out", tmp_path / "o", *FAST_GAN, *argv))
+    assert match in line
+
+
+def test_resume_auto_starts_then_continues_and_refuses_another_runs_checkpoint(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o"
+    args = ["run", "gan", "--data", "moons", "--out", out, *FAST_GAN, "--resume", "auto"]
+    assert gpflow(capsys, *args)[0] == 0  # nothing there: starts
+    first = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert gpflow(capsys, *args[:-2], "--set", "steps=30", "--resume", "auto")[0] == 0  # continues to 30
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 30 and first["step"] == 20
+    # another run's checkpoint (another seed) is refused, not overwritten
+    line = one_error_line(*gpflow(capsys, *args[:-2], "--set", "steps=30", "--seed", "3", "--resume", "auto"))
+    assert "is from another run" in line
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 30
+    # an elastic restart (TORCHELASTIC_RESTART_COUNT > 0) makes --overwrite mean --resume auto
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert gpflow(capsys, *args[:-2], "--set", "steps=40", "--overwrite")[0] == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 40

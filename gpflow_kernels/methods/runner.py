@@ -26,7 +26,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 
@@ -36,7 +36,7 @@ from ..data.stream import DataError
 from .metrics import evaluate, feature_space
 from .nll import held_out_nll
 from .options import COMPARE_DEFAULT
-from .outdir import CHECKPOINT, Interrupted, NoWrites, OutDir, RunError, RunFailed, check
+from .outdir import CHECKPOINT, Interrupted, NoWrites, OutDir, RunError, RunFailed, check, resolve_resume
 from .parallel import Parallel, current, rank_seed, wrap_networks
 from .progress import Progress
 from .signals import DeferredSignals
@@ -129,15 +129,18 @@ def _finite_stats(stats: Dict[str, float], step: int, dirs: OutDir, last_ckpt: O
 
 
 def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]] = None, seed: int = 0,
-               device: str = "cpu", resume: bool = False, overwrite: bool = False, n_samples: Optional[int] = None,
-               ckpt_every: int = 500, plots: bool = True, progress: bool = True,
+               device: str = "cpu", resume: Union[bool, str] = False, overwrite: bool = False,
+               n_samples: Optional[int] = None,
+               ckpt_every: int = 500, keep: int = 1, plots: bool = True, progress: bool = True,
                stop_after: Optional[int] = None, log: Callable[[str], None] = print,
                parallel: Optional[Parallel] = None) -> Dict[str, Any]:
     """Train (if the method trains), sample and measure ``method`` on the data set ``data``.
 
     options: method options (see ``gpflow methods``); n_samples: samples drawn for the metrics and
-    figures (default 1000 for 2-D, 500 for digits); resume: continue the run in ``out`` from its
-    checkpoint; overwrite: start over in a folder that holds a run; stop_after: stop training
+    figures (default 1000 for 2-D, 500 for digits); keep: how many checkpoints stay on disk (the
+    latest is ``checkpoint.pt``; with keep > 1 the last ``keep`` are also ``checkpoint-STEP.pt``); resume: continue the run in ``out`` from its
+    checkpoint (True), or "auto": continue it if there is one, else start (``outdir.resolve_resume``;
+    a worker group restarted by torchrun does this unless resume=True); overwrite: start over in a folder that holds a run; stop_after: stop training
     after this many steps in this call (a checkpoint is written; used to test resuming).
     parallel: the ranks of a torchrun job (``parallel.from_env``; default: the initialised default
     process group, if any, else one process); see ``methods/parallel.py`` for what each rank does.
@@ -153,7 +156,7 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
         log, progress = (lambda _: None), False
     with DeferredSignals() as sig:
         return _run(sig, method, data, out, options=options, seed=seed, device=device, resume=resume,
-                    overwrite=overwrite, n_samples=n_samples, ckpt_every=ckpt_every, plots=plots,
+                    overwrite=overwrite, n_samples=n_samples, ckpt_every=ckpt_every, keep=keep, plots=plots,
                     progress=progress, stop_after=stop_after, log=log, par=parallel)
 
 
@@ -162,11 +165,12 @@ def _startup_check(sig: DeferredSignals) -> None:
         raise Interrupted("interrupted during start-up; nothing was written")
 
 
-def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_samples, ckpt_every, plots,
+def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_samples, ckpt_every, keep, plots,
          progress, stop_after, log, par: Parallel) -> Dict[str, Any]:
     cls = get_method(method)
+    resume, overwrite = resolve_resume(out, resume, overwrite)
     out = check(out, resume=resume, overwrite=overwrite)
-    for name, v, low in (("ckpt_every", ckpt_every, 1), ("seed", seed, 0)):
+    for name, v, low in (("ckpt_every", ckpt_every, 1), ("keep", keep, 1), ("seed", seed, 0)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise RunError(f"{name} must be an integer >= {low}, got {v!r}")
     dev = resolve_device(device)
@@ -278,6 +282,7 @@ def _run(sig, method, data, out, *, options, seed, device, resume, overwrite, n_
             state["rng_ranks"] = par.gather_objects(_rng_state(dev))
         try:
             dirs.write(CHECKPOINT, lambda p: torch.save(state, p))
+            dirs.keep_last(step, keep)
         except OSError as e:  # disk full, folder removed or made read-only while running
             raise RunFailed(f"writing the checkpoint at step {step} failed ({e.strerror or e}); "
                             f"{dirs.describe_checkpoint(last_ckpt)}") from None
