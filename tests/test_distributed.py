@@ -202,7 +202,8 @@ def test_elastic_restart_after_a_killed_rank_resumes_by_itself_exactly(tmp_path)
     node_runs = [p.communicate(timeout=180) for p in nodes]
     assert killed, "no checkpoint appeared before the run ended: nothing was killed"
     assert agent.returncode == 0, err[-3000:]
-    assert "restart" in err.lower(), err[-2000:]  # the agent did restart the group
+    # the agent saw rank 1 killed, and still ended well: its one restart ran the job to the end
+    assert "exitcode: -9" in err and "local_rank: 1" in err, err[-2000:]
     for p, (_, node_err) in zip(nodes, node_runs):
         assert p.returncode == 0, node_err[-2000:]
     a = json.loads((tmp_path / "full" / "metrics.json").read_text())
@@ -211,7 +212,8 @@ def test_elastic_restart_after_a_killed_rank_resumes_by_itself_exactly(tmp_path)
     ca = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     cb = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert ca["world"] == cb["world"] == 2 and ca["step"] == cb["step"] == 60
-    assert ca["history"] == cb["history"]
+    untimed = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
+    assert untimed(ca["history"]) == untimed(cb["history"]) and len(ca["history"]) == 60
     for key, params in ca["state"].items():
         if isinstance(params, dict):
             for name, t in params.items():

@@ -135,9 +135,17 @@ def from_env(device: str) -> Tuple[Parallel, str]:
                            "use --nproc-per-node <= the number of GPUs")
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    timeout = float(os.environ.get("GPFLOW_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    timeout = timedelta(seconds=float(os.environ.get("GPFLOW_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
+        # torchrun's store as env:// makes it, its keys prefixed with the elastic restart count:
+        # the agent's store outlives a restart, and without the prefix a restarted rank could read
+        # an address the previous attempt's rank 0 published and fail to connect to it (seen with
+        # gloo: "Connection refused", then the restart was lost).
+        store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"gpflow/attempt_{attempt}", store)
+        dist.init_process_group("nccl" if cuda else "gloo", store=store, rank=rank, world_size=world,
+                                timeout=timeout)
     return current(), device
 
 
