@@ -4,6 +4,7 @@
     gpflow run METHOD --data NAME --out DIR         train + sample + metrics.json + PNGs + checkpoint
     gpflow run METHOD --data points.npy --out DIR   the same on your (N, D) points (.npy .npz .pt .csv)
     gpflow run METHOD ... --resume [auto]           continue a run from its checkpoint (auto: if there is one)
+    gpflow sample RUN_DIR --n N --out FILE          N samples of a trained run (.npy, .pt or a folder of PNGs)
     gpflow run METHOD ... --overwrite               start over in a folder that holds a run
     gpflow compare --data NAME --out DIR            several methods, one budget, a table
     gpflow check [--quick] [--device cuda] [--json PATH] [--jsonl PATH]   every op and backend against float64
@@ -79,7 +80,7 @@ def _methods_text() -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="gpflow", description="GANs, diffusion and gradient flows as particle models: "
                 "train, sample and measure the methods of the three papers on embedded data.")
-    sub = p.add_subparsers(dest="command", metavar="{run,methods,compare,check}", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="{run,sample,methods,compare,check}", parser_class=_Parser)
     sub.required = True
     sub.add_parser("methods", help="list the methods, their kind (PM / Int-PM / flow) and options")
 
@@ -110,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--keep", type=int, default=1, metavar="K",
                    help="keep the last K checkpoints (checkpoint-STEP.pt beside checkpoint.pt; default 1: the latest)")
     r.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    s = sub.add_parser("sample", help="draw N samples of a trained run (its --out folder) into a .npy/.pt file or "
+                                      "a folder of PNGs; sample i depends only on the seed and i")
+    s.add_argument("run", help="the --out folder of a 'gpflow run'")
+    s.add_argument("-n", "--n", "--num-samples", dest="n", type=int, required=True,
+                   help="number of samples (under torchrun write -n or --num-samples: torchrun reads --n as its own)")
+    s.add_argument("--out", required=True, help="FILE.npy, FILE.pt, or a folder (no suffix) of PNG files for image runs")
+    s.add_argument("--batch", type=int, default=4096, help="samples kept on the device at once (whole blocks of 256)")
+    s.add_argument("--seed", type=int, default=None, help="default: the run's seed + 1, the seed its own samples used")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampling option of the method, e.g. sample_steps=40 (repeatable)")
+    s.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    s.add_argument("--quiet", action="store_true", help="no summary line")
+    s.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     k = sub.add_parser("check", help="every op on every backend usable here, forward and backward, against the "
                                      "float64 reference, with a median time; exit 1 on any failure")
     k.add_argument("--quick", action="store_true", help="a small grid (two kernels, D = 1, 3, 17, 130)")
@@ -205,6 +220,33 @@ def _check(args) -> int:
                      out=lambda line: print(line, flush=True), dims=dims, jsonl_path=args.jsonl)
 
 
+def _sample(args) -> int:
+    """gpflow sample: the paths checked before torch is imported, then load_run and the samples."""
+    if not _DEVICE.match(args.device):
+        raise RunError(f"--device {args.device!r} is not a device this command runs on; use cpu, cuda or cuda:N")
+    if args.n < 1 or args.batch < 1:
+        raise RunError(f"--n and --batch must be >= 1, got {args.n} and {args.batch}")
+    if args.seed is not None and args.seed < 0:
+        raise RunError(f"--seed must be >= 0, got {args.seed}")
+    if not os.path.isdir(args.run):
+        raise RunError(f"{args.run} is not a folder: give the --out folder of a 'gpflow run'")
+    if args.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    from .methods import parallel
+    from .methods.serve import parse_sets, sample_to_file
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    options = parse_sets(args.run, args.set)
+    par, device = parallel.from_env(args.device)
+    sample_to_file(args.run, args.n, args.out, seed=args.seed, batch=args.batch, device=device, options=options,
+                   par=par, log=(lambda _: None) if args.quiet or not par.main else print)
+    parallel.close(ok=True)
+    return 0
+
+
 def _fail(code: int, text: str) -> int:
     rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE", "1")
     if rank is not None and world not in ("", "1"):  # under torchrun: say which rank failed
@@ -225,6 +267,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if args.command == "check":
             return _check(args)
+        if args.command == "sample":
+            return _sample(args)
         if args.command == "compare":
             names, per_method = _checked_compare(args)
         else:

@@ -240,3 +240,23 @@ def test_torchrun_streams_a_file_each_rank_from_its_shard(tmp_path):
     assert two.returncode == 0, two.stderr[-2000:]
     ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ck["world"] == 2 and ck["state"]["data.batches"] == 4
+
+
+def test_torchrun_sample_gives_the_single_process_samples(tmp_path):
+    """gpflow sample under torchrun: each rank draws its share of the blocks, rank 0 writes them all,
+    and they are the samples one process draws."""
+    import numpy as np
+
+    from gpflow_kernels.methods.runner import run_method
+    from gpflow_kernels.methods.serve import BLOCK, draw, load_run
+
+    run = tmp_path / "edm"
+    run_method("edm", "8gaussians", run, options={"steps": 5, "hidden": 16, "sample_steps": 3, "nll_points": 0},
+               n_samples=32, plots=False, progress=False, log=lambda _: None)
+    n = 2 * BLOCK + 5
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "gpflow_kernels", "sample", str(run), "--num-samples", str(n), "--out", str(tmp_path / "s.npy"),
+                          "--threads", "1"], capture_output=True, text=True, env=_env(), timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("wrote") == 1  # rank 0 alone writes and says so
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), draw(load_run(run), n, 1).numpy())

@@ -39,7 +39,8 @@ _CLASSES = {
     "svgd": ("flows", "SVGDMethod"),
     "langevin": ("flows", "LangevinMethod"),
 }
-_LAZY = {"Method": ".base", "Sample": ".base", "Dataset": "gpflow_kernels.data", "load": "gpflow_kernels.data"}
+_LAZY = {"Method": ".base", "Sample": ".base", "Dataset": "gpflow_kernels.data", "load": "gpflow_kernels.data",
+         "load_run": ".serve"}
 
 
 def get_method(name: str):
@@ -60,4 +61,4 @@ def __getattr__(name: str):
     return value
 
 
-__all__ = ["METHODS", "get_method", "Method", "Sample", "DATASETS", "Dataset", "load", "OPTIONS", "Options"]
+__all__ = ["METHODS", "get_method", "Method", "Sample", "DATASETS", "Dataset", "load", "load_run", "OPTIONS", "Options"]
