@@ -40,16 +40,6 @@
 # process first, and used by check and bench only if one reduction compiles and runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-gpu_out}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-work=$(mktemp -d "${TMPDIR:-/tmp}/gpflow_session.XXXXXX")
-py=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
-export GPFLOW_FAILURES="$out/failures.txt"
-: >"$GPFLOW_FAILURES"
-reduced=${REDUCED:-}
-
 stages=()
 for stage in "$@"; do
     case $stage in
@@ -59,6 +49,16 @@ for stage in "$@"; do
     esac
 done
 [ ${#stages[@]} -gt 0 ] || { echo "usage: bash benchmarks/gpu_session.sh all|STAGE..." >&2; exit 2; }
+
+out=${OUT:-gpu_out}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpflow_session.XXXXXX")
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
+export GPFLOW_FAILURES="$out/failures.txt"
+: >"$GPFLOW_FAILURES"
+reduced=${REDUCED:-}
 
 # One probe: is there a CUDA device, and does torchsde import (it is not on the device image)?
 read -r has_cuda has_torchsde < <($py -c "import importlib.util, torch; print(int(torch.cuda.is_available()), \

@@ -74,3 +74,4 @@ def test_reduced_dry_run_of_every_stage_and_a_stage_cut_off(tmp_path):
 def test_unknown_stage_is_refused(tmp_path):
     p, out = _session(tmp_path, "bild")
     assert p.returncode == 2 and "unknown stage 'bild'" in p.stderr
+    assert not out.exists() and not list(tmp_path.glob("gpflow_session.*"))  # nothing made
