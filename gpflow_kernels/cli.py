@@ -235,11 +235,11 @@ def _sample(args) -> int:
     import torch
 
     from .methods import parallel
-    from .methods.serve import parse_sets, sample_to_file
+    from .methods.serve import read_run, sample_to_file
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    options = parse_sets(args.run, args.set)
+    options = parse_sets(read_run(args.run)["method"], args.set) if args.set else {}
     par, device = parallel.from_env(args.device)
     sample_to_file(args.run, args.n, args.out, seed=args.seed, batch=args.batch, device=device, options=options,
                    par=par, log=(lambda _: None) if args.quiet or not par.main else print)

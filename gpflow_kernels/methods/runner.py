@@ -81,19 +81,28 @@ def _my_rng(ck: Dict[str, Any], par: Parallel, out: Path) -> Dict[str, Any]:
     return ck["rng_ranks"][par.rank] if par.world > 1 else ck["rng"]
 
 
-def _load_checkpoint(path: Path, dev: torch.device, record: Dict[str, Any], total: int) -> Dict[str, Any]:
-    """The checkpoint at ``path``, checked against this run; RunError naming the problem otherwise."""
-    hint = "--overwrite starts the run over"
+def read_checkpoint(path: Path, dev: torch.device, what: str = "", hint: str = "",
+                    keys=_CKPT_KEYS) -> Dict[str, Any]:
+    """The gpflow checkpoint at ``path`` (holding ``keys``); RunError naming the problem otherwise.
+    what/hint: the message's prefix (e.g. "--resume: ") and its closing advice."""
+    hint = f"; {hint}" if hint else ""
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
             warnings.simplefilter("ignore")
             ck = torch.load(path, map_location=dev, weights_only=True)
     except Exception as e:  # garbage, truncated, empty or not a torch file: all one answer
-        raise RunError(f"--resume: {path} cannot be read as a checkpoint: it is empty, truncated or not written by "
-                       f"gpflow ({type(e).__name__}); {hint}") from None
-    missing = [k for k in _CKPT_KEYS if not isinstance(ck, dict) or k not in ck]
+        raise RunError(f"{what}{path} cannot be read as a checkpoint: it is empty, truncated or not written by "
+                       f"gpflow ({type(e).__name__}){hint}") from None
+    missing = [k for k in keys if not isinstance(ck, dict) or k not in ck]
     if missing:
-        raise RunError(f"--resume: {path} is not a gpflow checkpoint (no {', '.join(missing)}); {hint}")
+        raise RunError(f"{what}{path} is not a gpflow checkpoint (no {', '.join(missing)}){hint}")
+    return ck
+
+
+def _load_checkpoint(path: Path, dev: torch.device, record: Dict[str, Any], total: int) -> Dict[str, Any]:
+    """The checkpoint at ``path``, checked against this run; RunError naming the problem otherwise."""
+    hint = "--overwrite starts the run over"
+    ck = read_checkpoint(path, dev, "--resume: ", hint)
     theirs = {k: ck[k] for k in ("format", "method", "data", "seed")}
     ours = {k: record[k] for k in theirs}
     if theirs != ours:
@@ -138,10 +147,11 @@ def run_method(method: str, data: str, out, *, options: Optional[Dict[str, Any]]
 
     options: method options (see ``gpflow methods``); n_samples: samples drawn for the metrics and
     figures (default 1000 for 2-D, 500 for digits); keep: how many checkpoints stay on disk (the
-    latest is ``checkpoint.pt``; with keep > 1 the last ``keep`` are also ``checkpoint-STEP.pt``); resume: continue the run in ``out`` from its
-    checkpoint (True), or "auto": continue it if there is one, else start (``outdir.resolve_resume``;
-    a worker group restarted by torchrun does this unless resume=True); overwrite: start over in a folder that holds a run; stop_after: stop training
-    after this many steps in this call (a checkpoint is written; used to test resuming).
+    latest is ``checkpoint.pt``; with keep > 1 the last ``keep`` are also ``checkpoint-STEP.pt``);
+    resume: continue the run in ``out`` from its checkpoint (True), or "auto": continue it if there
+    is one, else start (``outdir.resolve_resume``; a worker group restarted by torchrun does this
+    unless resume=True); overwrite: start over in a folder that holds a run; stop_after: stop
+    training after this many steps in this call (a checkpoint is written; used to test resuming).
     parallel: the ranks of a torchrun job (``parallel.from_env``; default: the initialised default
     process group, if any, else one process); see ``methods/parallel.py`` for what each rank does.
     Returns the metrics dictionary that is also written to ``out/metrics.json`` (by rank 0).

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -42,23 +41,17 @@ from .parallel import SINGLE, Parallel
 BLOCK = 256
 
 
-def _checkpoint(run_dir: Path, device: torch.device) -> Dict[str, Any]:
-    path = run_dir / CHECKPOINT
+def read_run(run_dir, device="cpu") -> Dict[str, Any]:
+    """The checkpoint of the run in ``run_dir``; RunError (one line) when there is none to read."""
+    from .runner import read_checkpoint
+
+    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir} is not a folder: give the --out folder of a 'gpflow run'")
-    if not path.is_file():
+    if not (run_dir / CHECKPOINT).is_file():
         raise RunError(f"{run_dir} holds no {CHECKPOINT}: it is not the folder of a trained 'gpflow run'")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise RunError(f"{path} cannot be read as a checkpoint: it is empty, truncated or not written by gpflow "
-                       f"({type(e).__name__})") from None
-    need = ("format", "method", "data", "seed", "options", "step", "state")
-    if not isinstance(ck, dict) or any(k not in ck for k in need):
-        raise RunError(f"{path} is not a gpflow checkpoint (no {', '.join(k for k in need if not isinstance(ck, dict) or k not in ck)})")
-    return ck
+    return read_checkpoint(run_dir / CHECKPOINT, torch.device(device),
+                           keys=("format", "method", "data", "seed", "options", "step", "state"))
 
 
 def load_run(run_dir, device: str = "cpu", options: Optional[Dict[str, Any]] = None) -> Method:
@@ -69,7 +62,7 @@ def load_run(run_dir, device: str = "cpu", options: Optional[Dict[str, Any]] = N
     Raises RunError (one line) for a missing, foreign, truncated or incompatible checkpoint.
     """
     run_dir, dev = Path(run_dir), torch.device(device)
-    ck = _checkpoint(run_dir, dev)
+    ck = read_run(run_dir, dev)
     cls = get_method(ck["method"])
     if cls.kind == "flow":
         raise RunError(f"{run_dir} is a run of {ck['method']}, a training-free flow: it has no model to sample from; "
@@ -89,8 +82,9 @@ def load_run(run_dir, device: str = "cpu", options: Optional[Dict[str, Any]] = N
         from ..data.images import resized
 
         ds = resized(ds, o.image_size)
-    torch.manual_seed(ck["seed"])
-    m = cls(ds.to(dev), o, dev)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):  # the caller's RNG untouched
+        torch.manual_seed(ck["seed"])
+        m = cls(ds.to(dev), o, dev)
     state = ck["state"]
     try:
         for k, module in m.modules().items():
@@ -129,22 +123,21 @@ def draw(m: Method, n: int, seed: int, *, start: int = 0, batch_blocks: int = 1,
     """Samples start … start + n − 1 of (m, seed), this rank's share under ``par``: (n_local, D),
     float32 on the CPU.
 
-    The blocks that hold those samples are split over the ranks in contiguous runs (rank r the
-    r-th), so the ranks' rows concatenated in rank order are the n samples in order. Each block is
+    The blocks that hold those samples are split over the ranks in contiguous runs
+    (``par.shard``: rank r the r-th), so the ranks' rows concatenated in rank order are the n samples in order. Each block is
     one call of ``m.sample`` with its own generator; ``batch_blocks`` blocks are kept on the device
     before they are moved off it together.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     first, last = start // BLOCK, (start + n - 1) // BLOCK
-    blocks = list(range(first, last + 1))
-    per = -(-len(blocks) // par.world)
-    mine = blocks[par.rank * per:(par.rank + 1) * per]
+    lo, hi = par.shard(last + 1 - first)
+    mine = range(first + lo, first + hi)
     out, pending = [], []
     for k in mine:
         x = m.sample(BLOCK, block_generator(seed, k, m.device)).x
-        lo, hi = max(start, k * BLOCK) - k * BLOCK, min(start + n, (k + 1) * BLOCK) - k * BLOCK
-        pending.append(x[lo:hi])
+        a, b = max(start, k * BLOCK) - k * BLOCK, min(start + n, (k + 1) * BLOCK) - k * BLOCK
+        pending.append(x[a:b])
         if len(pending) >= batch_blocks:
             out += [p.float().cpu() for p in pending]
             pending = []
@@ -167,25 +160,6 @@ def _write_pngs(x: torch.Tensor, shape, folder: Path) -> None:
     digits = max(6, len(str(len(imgs) - 1)))
     for i, im in enumerate(imgs):
         Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(folder / f"{i:0{digits}d}.png")
-
-
-def parse_sets(run_dir, items) -> Dict[str, Any]:
-    """``--set KEY=VALUE`` items as the options of the run's method (read from its checkpoint)."""
-    from .options import OPTIONS
-
-    if not items:
-        return {}
-    ck = _checkpoint(Path(run_dir), torch.device("cpu"))
-    method, out = ck["method"], {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise RunError(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = OPTIONS[method].parse(method, key.strip(), value.strip())
-        except ValueError as e:
-            raise RunError(str(e)) from None
-    return out
 
 
 def sample_to_file(run_dir, n: int, out, *, seed: Optional[int] = None, batch: int = 4096, device: str = "cpu",
